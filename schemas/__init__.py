@@ -1,0 +1,41 @@
+"""agentmill's records: pydantic models, their Arrow schemas and exported JSON Schemas."""
+
+from schemas.records import (
+    AgentSpec,
+    CriterionScore,
+    Failure,
+    FunctionCall,
+    Judgement,
+    Message,
+    Persona,
+    RejectedTrajectory,
+    RLTask,
+    Rubric,
+    Task,
+    TokenCount,
+    ToolCall,
+    ToolSpec,
+    Trajectory,
+    canonical_json,
+    content_id,
+)
+
+__all__ = [
+    "AgentSpec",
+    "CriterionScore",
+    "Failure",
+    "FunctionCall",
+    "Judgement",
+    "Message",
+    "Persona",
+    "RLTask",
+    "RejectedTrajectory",
+    "Rubric",
+    "Task",
+    "TokenCount",
+    "ToolCall",
+    "ToolSpec",
+    "Trajectory",
+    "canonical_json",
+    "content_id",
+]

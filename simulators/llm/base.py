@@ -1,0 +1,147 @@
+"""The one async chat interface every role talks to, whatever serves the model."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.records import Message, ToolCall
+
+ToolCallMode = Literal["json", "native"]
+
+
+class Sampling(BaseModel):
+    """Sampling settings for one request; `seed` makes a request reproducible."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(default=0.7, ge=0.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=256, ge=1)
+    seed: int | None = None
+
+
+@dataclass
+class Completion:
+    """What a model answered: text, parsed tool calls, token counts and why it stopped."""
+
+    text: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+    model: str = ""
+    parsed: Any = None
+    """The decoded JSON value when the request asked for a response schema or tool calls."""
+
+
+class ModelError(RuntimeError):
+    """A backend could not produce an answer (transport, server or engine error)."""
+
+
+class ModelOutputError(ValueError):
+    """A model answered, but the answer cannot be used (not JSON, wrong schema, truncated)."""
+
+    def __init__(self, message: str, raw_output: str = "") -> None:
+        super().__init__(message)
+        self.raw_output = raw_output
+
+
+class ChatModel(abc.ABC):
+    """A chat model behind `complete`; one instance is shared by every episode of a process."""
+
+    name: str
+
+    @abc.abstractmethod
+    async def complete(
+        self,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None = None,
+        response_schema: dict[str, Any] | None = None,
+        sampling: Sampling | None = None,
+    ) -> Completion:
+        """Answer `messages`.
+
+        With `tools` (OpenAI `tools` entries) the answer may carry tool calls; with
+        `response_schema` its text is JSON valid against that schema and `parsed` holds it.
+        """
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
+        """Release engines, connections and processes."""
+
+
+@dataclass
+class RawCompletion:
+    """What an engine produced for one prompt, before agentmill decodes it."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+class ConstrainedChatModel(ChatModel):
+    """A backend whose engine takes plain chat turns and an optional JSON Schema constraint.
+
+    Subclasses implement `generate`; tool calls and response schemas are handled here once, the
+    same way for every engine, through constrained JSON (see `simulators.llm.toolcall`).
+    """
+
+    bound_strings: int = 160
+    bound_items: int = 4
+
+    @abc.abstractmethod
+    async def generate(
+        self,
+        messages: list[dict[str, str]],
+        schema: dict[str, Any] | None,
+        sampling: Sampling,
+    ) -> RawCompletion:
+        """Generate from plain chat turns; with `schema`, constrain the text to JSON of it."""
+
+    async def complete(
+        self,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None = None,
+        response_schema: dict[str, Any] | None = None,
+        sampling: Sampling | None = None,
+    ) -> Completion:
+        import json
+
+        from simulators.llm import toolcall
+
+        sampling = sampling or Sampling()
+        plain = toolcall.to_plain_messages(messages, tools)
+        if tools:
+            schema = toolcall.agent_output_schema(tools)
+        else:
+            schema = response_schema
+        if schema is not None:
+            schema = toolcall.bound_schema(schema, self.bound_strings, self.bound_items)
+        raw = await self.generate(plain, schema, sampling)
+        completion = Completion(
+            text=raw.text,
+            prompt_tokens=raw.prompt_tokens,
+            completion_tokens=raw.completion_tokens,
+            finish_reason=raw.finish_reason,
+            model=self.name,
+        )
+        if raw.finish_reason == "length" and schema is not None:
+            raise ModelOutputError(
+                f"{self.name}: answer truncated at {sampling.max_tokens} tokens", raw.text
+            )
+        if tools:
+            salt = f"{len(messages)}:{sampling.seed}"
+            content, calls, final, value = toolcall.parse_agent_output(raw.text, salt)
+            completion.text = content or ""
+            completion.tool_calls = calls
+            completion.parsed = {**value, "final": final} if not calls else value
+        elif response_schema is not None:
+            try:
+                completion.parsed = json.loads(raw.text)
+            except json.JSONDecodeError as exc:
+                raise ModelOutputError(f"{self.name}: answer is not JSON: {exc}", raw.text) from exc
+        return completion

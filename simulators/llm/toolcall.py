@@ -1,0 +1,200 @@
+"""Tool calls through constrained JSON: works with any model, and arguments are always JSON.
+
+Small models cannot be trusted with a native tool-call format (SmolLM2 with the `hermes` parser gave
+0 of 20 valid calls), but constrained to a schema built from the offered tools they always emit
+well-formed calls. The tool list is rendered once, deterministically, into the system prompt so
+every request of an agent starts with the same bytes and prefix caching serves them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from schemas.records import FunctionCall, Message, ToolCall, canonical_json, content_id
+from simulators.llm.base import ModelOutputError
+
+MAX_CALLS_PER_TURN = 3
+
+
+def render_tools(tools: list[dict[str, Any]]) -> str:
+    """The tool list as prompt text; byte-identical for the same tools."""
+    lines = ["You can call these tools:"]
+    for tool in tools:
+        fn = tool["function"]
+        lines.append(f"- {fn['name']}: {fn.get('description', '')}")
+        lines.append(f"  arguments schema: {canonical_json(fn.get('parameters', {}))}")
+    lines.append(
+        'Answer with JSON only. To call tools: {"tool_calls": [{"name": ..., "arguments": {...}}]}. '
+        'To reply to the user: {"content": "...", "final": false}; set "final": true when the '
+        "request is complete."
+    )
+    return "\n".join(lines)
+
+
+def agent_output_schema(
+    tools: list[dict[str, Any]], max_calls: int = MAX_CALLS_PER_TURN
+) -> dict[str, Any]:
+    """Schema of an agent answer: a reply to the user, or one to `max_calls` tool calls."""
+    call_variants = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": tool["function"]["name"]},
+                "arguments": _arguments_schema(tool["function"].get("parameters")),
+            },
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for tool in tools
+    ]
+    reply = {
+        "type": "object",
+        "properties": {"content": {"type": "string"}, "final": {"type": "boolean"}},
+        "required": ["content", "final"],
+        "additionalProperties": False,
+    }
+    if not call_variants:
+        return reply
+    calls = {
+        "type": "object",
+        "properties": {
+            "tool_calls": {
+                "type": "array",
+                "items": {"anyOf": call_variants} if len(call_variants) > 1 else call_variants[0],
+                "minItems": 1,
+                "maxItems": max_calls,
+            }
+        },
+        "required": ["tool_calls"],
+        "additionalProperties": False,
+    }
+    return {"anyOf": [calls, reply]}
+
+
+def _arguments_schema(parameters: dict[str, Any] | None) -> dict[str, Any]:
+    schema = copy.deepcopy(parameters) if parameters else {"type": "object", "properties": {}}
+    schema.pop("$schema", None)
+    schema.pop("$id", None)
+    if "type" not in schema:
+        schema["type"] = "object"
+    return schema
+
+
+def bound_schema(schema: Any, max_string: int = 120, max_items: int = 4) -> Any:
+    """A copy of `schema` with lengths bounded, for generation only.
+
+    Weak models fill unbounded strings and arrays until the token budget ends; bounding them in
+    the grammar keeps answers short. Validation still uses the original schema.
+    """
+    if isinstance(schema, list):
+        return [bound_schema(item, max_string, max_items) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: bound_schema(value, max_string, max_items) for key, value in schema.items()}
+    types = out.get("type")
+    type_set = set(types) if isinstance(types, list) else {types}
+    if "string" in type_set and "enum" not in out and "const" not in out and "format" not in out:
+        out["maxLength"] = min(int(out.get("maxLength", max_string)), max_string)
+    if "array" in type_set:
+        out["maxItems"] = min(int(out.get("maxItems", max_items)), max_items)
+        if int(out.get("minItems", 0)) > out["maxItems"]:
+            out["maxItems"] = int(out["minItems"])
+    # `properties` maps names to schemas: recurse into values, never treat names as keywords.
+    if isinstance(schema.get("properties"), dict):
+        out["properties"] = {
+            name: bound_schema(sub, max_string, max_items)
+            for name, sub in schema["properties"].items()
+        }
+    return out
+
+
+def parse_agent_output(text: str, call_salt: str) -> tuple[str | None, list[ToolCall], bool, Any]:
+    """Decode a JSON-mode agent answer into (content, tool calls, final, decoded JSON)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelOutputError(f"agent answer is not JSON: {exc}", text) from exc
+    if not isinstance(value, dict):
+        raise ModelOutputError("agent answer is not a JSON object", text)
+    if "tool_calls" in value:
+        calls = value["tool_calls"]
+        if not isinstance(calls, list) or not calls:
+            raise ModelOutputError("tool_calls must be a non-empty list", text)
+        parsed: list[ToolCall] = []
+        for index, call in enumerate(calls):
+            if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+                raise ModelOutputError(f"tool call {index} has no name", text)
+            arguments = call.get("arguments", {})
+            call_id = "call_" + content_id("c", [call_salt, index, call])[2:18]
+            parsed.append(
+                ToolCall(
+                    id=call_id,
+                    function=FunctionCall(
+                        name=call["name"],
+                        arguments=json.dumps(arguments, ensure_ascii=False),
+                    ),
+                )
+            )
+        return None, parsed, False, value
+    content = value.get("content")
+    if not isinstance(content, str):
+        raise ModelOutputError("agent answer has neither tool_calls nor content", text)
+    return content, [], bool(value.get("final", False)), value
+
+
+def to_plain_messages(messages: list[Message], tools: list[dict[str, Any]] | None) -> list[dict]:
+    """OpenAI messages as plain system/user/assistant turns for a model without tool support.
+
+    The tool list joins the system prompt, assistant tool calls become their JSON, and tool results
+    become user turns that name the call they answer.
+    """
+    plain: list[dict[str, str]] = []
+    for message in messages:
+        if message.role == "system":
+            content = message.content or ""
+            if tools:
+                content = f"{content}\n\n{render_tools(tools)}"
+            plain.append({"role": "system", "content": content})
+        elif message.role == "assistant" and message.tool_calls:
+            calls = [
+                {"name": c.function.name, "arguments": _loads_or_text(c.function.arguments)}
+                for c in message.tool_calls
+            ]
+            plain.append({"role": "assistant", "content": canonical_json({"tool_calls": calls})})
+        elif message.role == "assistant":
+            plain.append({"role": "assistant", "content": message.content or ""})
+        elif message.role == "tool":
+            plain.append(
+                {
+                    "role": "user",
+                    "content": f"[tool result for {message.name or 'tool'}] {message.content}",
+                }
+            )
+        else:
+            plain.append({"role": "user", "content": message.content or ""})
+    if tools and not any(m["role"] == "system" for m in plain):
+        plain.insert(0, {"role": "system", "content": render_tools(tools)})
+    return _merge_consecutive(plain)
+
+
+def _merge_consecutive(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Join same-role neighbours; several chat templates reject two user turns in a row."""
+    merged: list[dict[str, str]] = []
+    for message in messages:
+        if merged and merged[-1]["role"] == message["role"] and message["role"] != "system":
+            merged[-1] = {
+                "role": message["role"],
+                "content": merged[-1]["content"] + "\n" + message["content"],
+            }
+        else:
+            merged.append(dict(message))
+    return merged
+
+
+def _loads_or_text(arguments: str) -> Any:
+    try:
+        return json.loads(arguments)
+    except json.JSONDecodeError:
+        return arguments
