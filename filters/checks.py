@@ -1,0 +1,261 @@
+"""Deterministic checks on a finished trajectory, run before the (costly) rubric judge.
+
+A model judge is slow and fallible; structural defects (a call to a tool that was never offered,
+arguments that break the schema, a call nobody answered) are certain and cheap to find, and a
+trajectory that has one must not reach SFT data whatever a judge thinks of it.
+
+Each check is a small function `(trajectory, context) -> list[str]` in `CHECKS`; a failure is a
+string `"<code>: <detail>"`, e.g. `"unknown_tool: call_ab12 names 'foo', not offered"`. To add a
+check, write such a function and append it to `CHECKS` (or pass your own list to `run_checks`).
+
+Failure codes:
+
+- `unknown_tool`: a call names a tool that was not offered.
+- `invalid_arguments`: a call's arguments are not a JSON object or break the tool's schema. A tool
+  simulator answers such calls with an error, which is fine inside an episode, but the trajectory
+  still shows a model emitting a bad call, so it is kept out of SFT data.
+- `duplicate_call_id`, `unanswered_call`, `duplicate_answer`, `orphan_tool_result`, `late_answer`:
+  every call has exactly one `tool` answer, in the block of tool messages right after the
+  assistant message that made it (the order OpenAI-format chat templates require).
+- `empty_turn`: an assistant message with neither content (whitespace counts as none) nor calls.
+- `repeated_call`: the same tool with the same arguments called `repeat_threshold` times or more.
+- `turn_limit`: more user turns than `max_turns`.
+- `no_final_answer`: the conversation does not end with an assistant message with content.
+- `bad_opening`: the conversation does not start with a system then a user message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from jsonschema import Draft202012Validator, SchemaError
+from jsonschema.exceptions import best_match
+from jsonschema.protocols import Validator
+from jsonschema.validators import validator_for
+
+from schemas.records import ToolCall, ToolSpec, Trajectory, canonical_json
+
+DEFAULT_REPEAT_THRESHOLD = 3
+"""Identical calls allowed below this count: one retry is normal, a third identical try a loop."""
+
+
+@dataclass
+class CheckContext:
+    """What checks need besides the trajectory: the offered tools and the limits."""
+
+    tools: Mapping[str, ToolSpec]
+    max_turns: int
+    repeat_threshold: int = DEFAULT_REPEAT_THRESHOLD
+    _validators: dict[str, Validator | SchemaError] = field(default_factory=dict, repr=False)
+
+    def validator(self, name: str) -> Validator | SchemaError:
+        """The tool's argument validator, built once per run (or the error its schema raised)."""
+        if name not in self._validators:
+            schema = self.tools[name].parameters
+            cls = validator_for(schema, default=Draft202012Validator)
+            try:
+                cls.check_schema(schema)
+                self._validators[name] = cls(schema)
+            except SchemaError as exc:
+                self._validators[name] = exc
+        return self._validators[name]
+
+
+Check = Callable[[Trajectory, CheckContext], list[str]]
+
+
+def _calls(trajectory: Trajectory) -> Iterable[tuple[int, ToolCall]]:
+    """(message index, call) for every tool call, in order."""
+    for index, message in enumerate(trajectory.messages):
+        if message.role == "assistant":
+            for call in message.tool_calls or []:
+                yield index, call
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def tools_known(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
+    """Every call names an offered tool."""
+    return [
+        f"unknown_tool: {call.id} names {call.function.name!r}, not offered"
+        for _, call in _calls(trajectory)
+        if call.function.name not in ctx.tools
+    ]
+
+
+def arguments_valid(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
+    """Every call's arguments are a JSON object valid against its tool's parameter schema."""
+    failures = []
+    for _, call in _calls(trajectory):
+        name = call.function.name
+        if name not in ctx.tools:
+            continue  # reported by tools_known
+        try:
+            arguments = json.loads(call.function.arguments)
+        except json.JSONDecodeError as exc:
+            failures.append(f"invalid_arguments: {call.id} arguments are not JSON ({exc.msg})")
+            continue
+        if not isinstance(arguments, dict):
+            failures.append(f"invalid_arguments: {call.id} arguments are not a JSON object")
+            continue
+        validator = ctx.validator(name)
+        if isinstance(validator, SchemaError):
+            failures.append(
+                f"invalid_arguments: {call.id} tool {name!r} has an invalid schema "
+                f"({_short(validator.message)})"
+            )
+            continue
+        error = best_match(validator.iter_errors(arguments))
+        if error is not None:
+            failures.append(
+                f"invalid_arguments: {call.id} to {name!r} at '{error.json_path}': "
+                f"{_short(error.message)}"
+            )
+    return failures
+
+
+def calls_answered(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
+    """Every call has exactly one tool answer, right after the message that made it."""
+    failures = []
+    made: dict[str, int] = {}  # call id -> index of the assistant message that made it
+    for index, call in _calls(trajectory):
+        if call.id in made:
+            failures.append(f"duplicate_call_id: {call.id} is used by more than one call")
+        else:
+            made[call.id] = index
+    answers: Counter[str] = Counter()
+    block_owner: int | None = None  # the assistant message whose answers may follow now
+    for index, message in enumerate(trajectory.messages):
+        if message.role != "tool":
+            block_owner = index if message.role == "assistant" and message.tool_calls else None
+            continue
+        call_id = message.tool_call_id or ""
+        if call_id not in made or made[call_id] > index:
+            failures.append(
+                f"orphan_tool_result: message {index} answers {call_id or '(no id)'!r}, "
+                "which no earlier call made"
+            )
+            continue
+        answers[call_id] += 1
+        if answers[call_id] == 2:
+            failures.append(f"duplicate_answer: {call_id} is answered more than once")
+        if made[call_id] != block_owner:
+            failures.append(
+                f"late_answer: {call_id} is answered at message {index}, after later turns"
+            )
+    failures.extend(
+        f"unanswered_call: {call_id} ({_name_of(trajectory, call_id)}) has no tool answer"
+        for call_id in made
+        if answers[call_id] == 0
+    )
+    return failures
+
+
+def _name_of(trajectory: Trajectory, call_id: str) -> str:
+    return next((c.function.name for _, c in _calls(trajectory) if c.id == call_id), "?")
+
+
+def no_empty_turns(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
+    """No assistant message says nothing: no content (or only whitespace) and no calls."""
+    return [
+        f"empty_turn: assistant message {index} has no content and no tool calls"
+        for index, message in enumerate(trajectory.messages)
+        if message.role == "assistant"
+        and not message.tool_calls
+        and not (message.content or "").strip()
+    ]
+
+
+def no_call_loops(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
+    """No tool is called with the same arguments `repeat_threshold` times: the agent is stuck."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for _, call in _calls(trajectory):
+        try:
+            arguments = canonical_json(json.loads(call.function.arguments))
+        except json.JSONDecodeError:
+            arguments = call.function.arguments
+        counts[(call.function.name, arguments)] += 1
+    return [
+        f"repeated_call: {name!r} called {count} times with {_short(arguments)}"
+        for (name, arguments), count in counts.items()
+        if count >= ctx.repeat_threshold
+    ]
+
+
+def within_turn_limit(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
+    """At most `max_turns` user turns, and the agent has the last word."""
+    failures = []
+    user_turns = sum(1 for message in trajectory.messages if message.role == "user")
+    if user_turns > ctx.max_turns:
+        failures.append(f"turn_limit: {user_turns} user turns, more than {ctx.max_turns}")
+    last = trajectory.messages[-1] if trajectory.messages else None
+    if last is None or last.role != "assistant" or not (last.content or "").strip():
+        what = "nothing" if last is None else f"a {last.role} message"
+        if last is not None and last.role == "assistant":
+            what = "an assistant message without content"
+        failures.append(f"no_final_answer: the conversation ends with {what}")
+    return failures
+
+
+def proper_opening(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
+    """The conversation starts with the agent's system prompt, then the user."""
+    roles = [message.role for message in trajectory.messages[:2]]
+    if roles == ["system", "user"]:
+        return []
+    return [f"bad_opening: starts with {' then '.join(roles) or 'nothing'}, not system then user"]
+
+
+CHECKS: list[Check] = [
+    proper_opening,
+    tools_known,
+    arguments_valid,
+    calls_answered,
+    no_empty_turns,
+    no_call_loops,
+    within_turn_limit,
+]
+"""The checks `run_checks` runs by default, in order; append to add one."""
+
+
+def offered_tools(trajectory: Trajectory) -> dict[str, ToolSpec]:
+    """ToolSpecs rebuilt from the trajectory's OpenAI `tools` entries, for re-checking from disk."""
+    tools: dict[str, ToolSpec] = {}
+    for entry in trajectory.tools:
+        function: dict[str, Any] = entry.get("function", entry)
+        tools[function["name"]] = ToolSpec(
+            name=function["name"],
+            description=function.get("description") or function["name"],
+            parameters=function.get("parameters") or {"type": "object", "properties": {}},
+        )
+    return tools
+
+
+def run_checks(
+    trajectory: Trajectory,
+    tools: Iterable[ToolSpec] | Mapping[str, ToolSpec] | None,
+    max_turns: int,
+    *,
+    repeat_threshold: int = DEFAULT_REPEAT_THRESHOLD,
+    checks: Iterable[Check] | None = None,
+) -> list[str]:
+    """Run `checks` (default `CHECKS`) and return every failure; an empty list means it passed.
+
+    `tools` are the ToolSpecs offered to the agent; None rebuilds them from `trajectory.tools`.
+    """
+    if tools is None:
+        by_name: Mapping[str, ToolSpec] = offered_tools(trajectory)
+    elif isinstance(tools, Mapping):
+        by_name = tools
+    else:
+        by_name = {tool.name: tool for tool in tools}
+    ctx = CheckContext(tools=by_name, max_turns=max_turns, repeat_threshold=repeat_threshold)
+    failures: list[str] = []
+    for check in CHECKS if checks is None else checks:
+        failures.extend(check(trajectory, ctx))
+    return failures
