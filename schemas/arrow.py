@@ -106,6 +106,7 @@ RL_SCHEMA = pa.schema(
         ("agent_id", pa.string()),
         ("domain", pa.string()),
         ("difficulty", pa.string()),
+        ("goal", pa.string()),
         ("prompt", MESSAGES),
         ("tools", pa.string()),
         ("rubric", pa.string()),

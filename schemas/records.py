@@ -254,6 +254,7 @@ class RLTask(Record):
     agent_id: str
     domain: str
     difficulty: Difficulty
+    goal: str = Field(description="The user's goal, for the user simulator of a rollout.")
     prompt: list[Message]
     tools: list[JsonObject]
     rubric: Rubric

@@ -19,7 +19,7 @@ Answer = str | dict[str, Any] | list[Any]
 
 @dataclass
 class ScriptRequest:
-    """What the scripted model was asked: plain chat turns and the schema constraining the answer."""
+    """What the scripted model was asked: plain chat turns and the answer's schema."""
 
     messages: list[dict[str, str]]
     schema: dict[str, Any] | None

@@ -26,7 +26,8 @@ def render_tools(tools: list[dict[str, Any]]) -> str:
         lines.append(f"- {fn['name']}: {fn.get('description', '')}")
         lines.append(f"  arguments schema: {canonical_json(fn.get('parameters', {}))}")
     lines.append(
-        'Answer with JSON only. To call tools: {"tool_calls": [{"name": ..., "arguments": {...}}]}. '
+        "Answer with JSON only. To call tools: "
+        '{"tool_calls": [{"name": ..., "arguments": {...}}]}. '
         'To reply to the user: {"content": "...", "final": false}; set "final": true when the '
         "request is complete."
     )

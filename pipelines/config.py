@@ -1,0 +1,111 @@
+"""The run config: one pydantic model, loaded from YAML, overridable from the CLI.
+
+Its fingerprint (a hash of everything that shapes the output, secrets and the output path
+excluded) goes into the manifest so two data sets can be told apart or proven alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from schemas.records import canonical_json
+from simulators.episode import EpisodeConfig
+from simulators.llm.base import Sampling
+from simulators.llm.registry import ModelConfig
+
+ROLES = ("user", "agent", "tool", "judge", "synthesizer")
+
+
+class RoleModels(BaseModel):
+    """The model for each role; the embedded default plays them all unless told otherwise."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user: ModelConfig = ModelConfig()
+    agent: ModelConfig = ModelConfig()
+    tool: ModelConfig = ModelConfig()
+    judge: ModelConfig = ModelConfig()
+    synthesizer: ModelConfig = ModelConfig()
+
+
+class JudgeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pass_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    attempts: int = Field(default=3, ge=1)
+    sampling: Sampling = Sampling(temperature=0.2, max_tokens=320)
+
+
+class RunConfig(BaseModel):
+    """Everything a run needs; a rerun with the same config makes the same data."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    out: str = "runs/demo"
+    seed: int = 0
+    episodes: int = Field(default=6, ge=1, description="Tasks to simulate, one episode each.")
+    tasks_per_agent: int = Field(default=2, ge=1)
+    min_tools: int = Field(default=3, ge=1)
+    max_tools: int = Field(default=6, ge=1)
+    toolspecs: list[str] = Field(
+        default_factory=list, description="Spec files or folders; empty means the seed library."
+    )
+    models: RoleModels = RoleModels()
+    episode: EpisodeConfig = EpisodeConfig()
+    judge: JudgeConfig = JudgeConfig()
+    synthesis: Sampling = Sampling(temperature=0.8, max_tokens=320)
+    attempts: int = Field(default=3, ge=1, description="Tries per synthesized agent or task.")
+    batch_size: int = Field(default=64, ge=1, description="Episodes per worker batch.")
+
+    def fingerprint(self) -> str:
+        body = self.model_dump(mode="json", exclude={"out"})
+        for role in ROLES:
+            body["models"][role].pop("api_key", None)
+        return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]
+
+    def public_dump(self) -> dict[str, Any]:
+        """The config as the manifest records it: API keys never appear."""
+        body = self.model_dump(mode="json")
+        for role in ROLES:
+            body["models"][role]["api_key"] = (
+                "***" if getattr(self.models, role).api_key else None
+            )
+        return body
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; names the file and the field."""
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """The config from `path` (YAML) with `overrides` (dotted keys) applied on top."""
+    data: dict[str, Any] = {}
+    source = str(path) if path else "<defaults>"
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{source}: cannot read config: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: a config must be a mapping, not {type(loaded).__name__}")
+        data = loaded or {}
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        target = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            target = target.setdefault(key, {})
+        target[leaf] = value
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"{source}: invalid config: {problems}") from exc

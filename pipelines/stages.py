@@ -1,0 +1,334 @@
+"""The mill's stages as Beam PTransforms: load specs, compose agents, write tasks, run episodes,
+check and judge. Each reads and writes records, so any of them can also start from the previous
+stage's Parquet output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import apache_beam as beam
+
+from filters.checks import run_checks
+from filters.judge import checks_judgement, judge
+from pipelines.batching import FAILURES, AsyncBatchFn, Handled, failure_from
+from pipelines.config import RunConfig
+from pipelines.runtime import model
+from schemas.records import (
+    AgentSpec,
+    Failure,
+    Judgement,
+    Message,
+    RejectedTrajectory,
+    RLTask,
+    Task,
+    TokenCount,
+    ToolSpec,
+    Trajectory,
+)
+from simulators.episode import RoleModels, run_episode
+from simulators.persona import make_persona
+from toolspecs.compose import DIFFICULTIES, choose_tools, write_agent, write_task
+from toolspecs.load import load_file, spec_files
+
+
+def stable_seed(*parts: object) -> int:
+    """A 31-bit seed from `parts`, stable across processes (unlike `hash`)."""
+    text = ":".join(str(p) for p in parts)
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+class _LoadFileFn(beam.DoFn):
+    def process(self, path: str) -> Iterator[Any]:
+        for item in load_file(path):
+            if isinstance(item, Failure):
+                yield beam.pvalue.TaggedOutput(FAILURES, item)
+            else:
+                yield item
+
+
+class LoadToolSpecs(beam.PTransform):
+    """Spec files -> ToolSpecs (main output) and Failures (tagged `failures`)."""
+
+    def __init__(self, paths: list[str]) -> None:
+        super().__init__()
+        self.paths = paths
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> Any:
+        files = [str(p) for p in spec_files(self.paths)]
+        return (
+            pbegin
+            | "SpecFiles" >> beam.Create(files)
+            | "Reshuffle" >> beam.Reshuffle()
+            | "Load" >> beam.ParDo(_LoadFileFn()).with_outputs(FAILURES, main="specs")
+        )
+
+
+class _ComposeAgentFn(AsyncBatchFn):
+    stage = "agents"
+
+    def __init__(self, config: RunConfig, total: int) -> None:
+        super().__init__(total)
+        self.config = config
+
+    def process(self, batch: Iterable[int], pool: list[ToolSpec]) -> Iterator[Any]:  # type: ignore[override]
+        self._pool = pool
+        yield from super().process(batch)
+
+    async def handle(self, slot: int) -> Handled:
+        cfg = self.config
+        domain, tools = choose_tools(self._pool, slot, cfg.seed, cfg.min_tools, cfg.max_tools)
+        usage: dict[str, TokenCount] = {}
+        sampling = cfg.synthesis.model_copy(update={"seed": stable_seed(cfg.seed, "agent", slot)})
+        agent = await write_agent(
+            model(cfg.models.synthesizer), domain, tools, sampling, usage, cfg.attempts
+        )
+        return [(slot, agent)], usage
+
+    def failure(self, slot: int, error: BaseException) -> Failure:
+        return failure_from(self.stage, f"agent-slot-{slot}", error)
+
+
+class ComposeAgents(beam.PTransform):
+    """ToolSpec pool -> (slot, AgentSpec) for every agent the run needs, plus Failures."""
+
+    def __init__(self, config: RunConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def expand(self, specs: Any) -> Any:
+        n_agents = math.ceil(self.config.episodes / self.config.tasks_per_agent)
+        return (
+            specs.pipeline
+            | "AgentSlots" >> beam.Create(list(range(n_agents)))
+            | "BatchSlots" >> beam.BatchElements(min_batch_size=1, max_batch_size=32)
+            | "Compose"
+            >> beam.ParDo(_ComposeAgentFn(self.config, n_agents), beam.pvalue.AsList(specs))
+            .with_outputs(FAILURES, main="agents")
+        )
+
+
+class _WriteTaskFn(AsyncBatchFn):
+    stage = "tasks"
+
+    def __init__(self, config: RunConfig) -> None:
+        super().__init__(config.episodes)
+        self.config = config
+
+    async def handle(self, element: tuple[int, AgentSpec]) -> Handled:
+        index, agent = element
+        cfg = self.config
+        usage: dict[str, TokenCount] = {}
+        sampling = cfg.synthesis.model_copy(update={"seed": stable_seed(cfg.seed, "task", index)})
+        difficulty = DIFFICULTIES[index % len(DIFFICULTIES)]
+        task = await write_task(
+            model(cfg.models.synthesizer), agent, difficulty, index, sampling, usage, cfg.attempts
+        )
+        return [task], usage
+
+    def failure(self, element: tuple[int, AgentSpec], error: BaseException) -> Failure:
+        index, agent = element
+        return failure_from(self.stage, f"{agent.id}#task-{index}", error)
+
+
+class GenerateTasks(beam.PTransform):
+    """(slot, AgentSpec) -> Tasks: `tasks_per_agent` each, `episodes` in all, plus Failures."""
+
+    def __init__(self, config: RunConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def expand(self, agents: Any) -> Any:
+        per, total = self.config.tasks_per_agent, self.config.episodes
+
+        def task_slots(element: tuple[int, AgentSpec]) -> Iterator[tuple[int, AgentSpec]]:
+            slot, agent = element
+            for index in range(slot * per, min((slot + 1) * per, total)):
+                yield index, agent
+
+        return (
+            agents
+            | "TaskSlots" >> beam.FlatMap(task_slots)
+            | "BatchTaskSlots" >> beam.BatchElements(min_batch_size=1, max_batch_size=64)
+            | "Write" >> beam.ParDo(_WriteTaskFn(self.config)).with_outputs(FAILURES, main="tasks")
+        )
+
+
+def join_tasks_with_agents(tasks: Any, agents: Any, label: str) -> Any:
+    """(Task, AgentSpec) pairs, joined on the agent id (a shuffle, so it scales out)."""
+    keyed_agents = agents | f"{label}KeyAgents" >> beam.Map(lambda a: (a.id, a))
+    keyed_tasks = tasks | f"{label}KeyTasks" >> beam.Map(lambda t: (t.agent_id, t))
+
+    def pairs(element: tuple[str, dict[str, list[Any]]]) -> Iterator[tuple[Task, AgentSpec]]:
+        _, grouped = element
+        for agent in grouped["agent"][:1]:
+            for task in grouped["tasks"]:
+                yield task, agent
+
+    return (
+        {"agent": keyed_agents, "tasks": keyed_tasks}
+        | f"{label}Join" >> beam.CoGroupByKey()
+        | f"{label}Pairs" >> beam.FlatMap(pairs)
+    )
+
+
+class _EpisodeFn(AsyncBatchFn):
+    stage = "episodes"
+
+    def __init__(self, config: RunConfig) -> None:
+        super().__init__(config.episodes)
+        self.config = config
+
+    async def handle(self, element: tuple[Task, AgentSpec]) -> Handled:
+        task, agent = element
+        cfg = self.config
+        models = RoleModels(
+            user=model(cfg.models.user),
+            agent=model(cfg.models.agent),
+            tool=model(cfg.models.tool),
+            names={r: getattr(cfg.models, r).display_name() for r in ("user", "agent", "tool")},
+        )
+        seed = stable_seed(cfg.seed, "episode", task.id)
+        persona = make_persona(f"{cfg.seed}:{task.id}")
+        trajectory = await run_episode(task, agent, persona, models, cfg.episode, seed)
+        return [trajectory], trajectory.token_counts
+
+    def note(self, outputs: list[Any]) -> str:
+        trajectory: Trajectory = outputs[0]
+        calls = sum(len(m.tool_calls or []) for m in trajectory.messages)
+        return f"{trajectory.end_reason}, {trajectory.turns} turns, {calls} tool calls"
+
+    def failure(self, element: tuple[Task, AgentSpec], error: BaseException) -> Failure:
+        return failure_from(self.stage, element[0].id, error)
+
+
+class RunEpisodes(beam.PTransform):
+    """(Task, AgentSpec) -> Trajectories, run concurrently in batches, plus Failures."""
+
+    def __init__(self, config: RunConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def expand(self, pairs: Any) -> Any:
+        return (
+            pairs
+            | "BatchEpisodes"
+            >> beam.BatchElements(min_batch_size=1, max_batch_size=self.config.batch_size)
+            | "Play"
+            >> beam.ParDo(_EpisodeFn(self.config)).with_outputs(FAILURES, main="trajectories")
+        )
+
+
+class _JudgeFn(AsyncBatchFn):
+    stage = "judge"
+
+    def __init__(self, config: RunConfig) -> None:
+        super().__init__(config.episodes)
+        self.config = config
+
+    async def handle(self, element: tuple[Trajectory, Task]) -> Handled:
+        trajectory, task = element
+        cfg = self.config
+        usage: dict[str, TokenCount] = {}
+        failed = run_checks(trajectory, None, max_turns=cfg.episode.max_turns)
+        if failed:
+            judgement = checks_judgement(trajectory, failed)
+        else:
+            result = await judge(
+                trajectory,
+                task,
+                model(cfg.models.judge),
+                cfg.judge.sampling.model_copy(
+                    update={"seed": stable_seed(cfg.seed, "judge", trajectory.id)}
+                ),
+                pass_threshold=cfg.judge.pass_threshold,
+                max_attempts=cfg.judge.attempts,
+            )
+            usage["judge"] = TokenCount(
+                prompt=result.prompt_tokens,
+                completion=result.completion_tokens,
+                requests=result.requests,
+            )
+            judgement = result.judgement
+        if judgement.passed:
+            return [(trajectory, judgement)], usage
+        rejected = RejectedTrajectory(trajectory=trajectory, judgement=judgement)
+        return [beam.pvalue.TaggedOutput("rejected", rejected)], usage
+
+    def note(self, outputs: list[Any]) -> str:
+        if isinstance(outputs[0], tuple):
+            return f"passed (score {outputs[0][1].score:.2f})"
+        rejected: RejectedTrajectory = outputs[0].value
+        why = rejected.judgement.failed_checks[:1] or [f"score {rejected.judgement.score:.2f}"]
+        return f"rejected: {why[0][:70]}"
+
+    def failure(self, element: tuple[Trajectory, Task], error: BaseException) -> Failure:
+        return failure_from(self.stage, element[1].id, error)
+
+
+class JudgeTrajectories(beam.PTransform):
+    """(Trajectory, Task) -> passing (Trajectory, Judgement), `rejected`, and `failures`."""
+
+    def __init__(self, config: RunConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def expand(self, pairs: Any) -> Any:
+        return (
+            pairs
+            | "BatchJudging" >> beam.BatchElements(min_batch_size=1, max_batch_size=64)
+            | "Judge"
+            >> beam.ParDo(_JudgeFn(self.config)).with_outputs(FAILURES, "rejected", main="passed")
+        )
+
+
+def join_trajectories_with_tasks(trajectories: Any, tasks: Any) -> Any:
+    keyed_t = trajectories | "KeyTrajectories" >> beam.Map(lambda t: (t.task_id, t))
+    keyed_tasks = tasks | "KeyTasksForJudge" >> beam.Map(lambda t: (t.id, t))
+
+    def pairs(element: tuple[str, dict[str, list[Any]]]) -> Iterator[tuple[Trajectory, Task]]:
+        _, grouped = element
+        for task in grouped["task"][:1]:
+            for trajectory in grouped["trajectories"]:
+                yield trajectory, task
+
+    return (
+        {"trajectories": keyed_t, "task": keyed_tasks}
+        | "JoinForJudge" >> beam.CoGroupByKey()
+        | "JudgePairs" >> beam.FlatMap(pairs)
+    )
+
+
+def rl_task(pair: tuple[Task, AgentSpec]) -> RLTask:
+    """A task in the form an RL rollout starts from."""
+    task, agent = pair
+    system = agent.system_prompt + (f"\n\nPolicy: {agent.policy}" if agent.policy else "")
+    return RLTask(
+        task_id=task.id,
+        agent_id=agent.id,
+        domain=agent.domain,
+        difficulty=task.difficulty,
+        goal=task.goal,
+        prompt=[Message(role="system", content=system)],
+        tools=[t.openai_tool() for t in agent.tools],
+        rubric=task.rubric,
+        initial_state=task.initial_state,
+        tool_specs=[t.model_dump(mode="json") for t in agent.tools],
+    )
+
+
+__all__ = [
+    "ComposeAgents",
+    "GenerateTasks",
+    "JudgeTrajectories",
+    "Judgement",
+    "LoadToolSpecs",
+    "RunEpisodes",
+    "join_tasks_with_agents",
+    "join_trajectories_with_tasks",
+    "rl_task",
+    "stable_seed",
+]

@@ -1,0 +1,81 @@
+"""Asking a model for a structured answer, with bounded retries and token accounting.
+
+Every role goes through `ask`: a model answer that cannot be parsed or breaks its schema is
+retried with another seed, a bounded number of times, then raised with the last raw output so the
+episode can become a Failure that shows what the model said.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jsonschema
+from jsonschema.validators import validator_for
+
+from schemas.records import Message, TokenCount
+from simulators.llm.base import ChatModel, Completion, ModelOutputError, Sampling
+
+Usage = dict[str, TokenCount]
+
+
+class RoleOutputError(ModelOutputError):
+    """A role's model kept answering with unusable output; carries the role and raw output."""
+
+    def __init__(self, role: str, message: str, raw_output: str = "") -> None:
+        super().__init__(f"{role}: {message}", raw_output)
+        self.role = role
+
+
+def count(usage: Usage, role: str, completion: Completion) -> None:
+    usage.setdefault(role, TokenCount()).add(completion.prompt_tokens, completion.completion_tokens)
+
+
+def schema_errors(schema: dict[str, Any], value: Any) -> list[str]:
+    """Validation errors of `value` against `schema`, as `pointer: message` strings."""
+    cls = validator_for(schema, default=jsonschema.Draft202012Validator)
+    return [
+        f"/{'/'.join(str(p) for p in e.absolute_path)}: {e.message}"
+        for e in cls(schema).iter_errors(value)
+    ]
+
+
+async def ask(
+    model: ChatModel,
+    role: str,
+    usage: Usage,
+    messages: list[Message],
+    sampling: Sampling,
+    *,
+    schema: dict[str, Any] | None = None,
+    tools: list[dict[str, Any]] | None = None,
+    attempts: int = 3,
+    check: Callable[[Completion], str | None] | None = None,
+) -> Completion:
+    """A completion that parses and passes `schema` and `check`, or RoleOutputError."""
+    last_error, last_raw = "no attempt made", ""
+    for attempt in range(max(1, attempts)):
+        seed = None if sampling.seed is None else sampling.seed + 7919 * attempt
+        try:
+            completion = await model.complete(
+                messages,
+                tools=tools,
+                response_schema=schema,
+                sampling=sampling.model_copy(update={"seed": seed}),
+            )
+        except ModelOutputError as exc:
+            usage.setdefault(role, TokenCount()).requests += 1
+            last_error, last_raw = str(exc), exc.raw_output
+            continue
+        count(usage, role, completion)
+        problem = None
+        if schema is not None:
+            errors = schema_errors(schema, completion.parsed)
+            problem = f"answer breaks its schema: {'; '.join(errors[:3])}" if errors else None
+        if problem is None and check is not None:
+            problem = check(completion)
+        if problem is None:
+            return completion
+        last_error, last_raw = problem, completion.text
+    message = f"no usable answer after {attempts} attempts: {last_error}"
+    raise RoleOutputError(role, message, last_raw)

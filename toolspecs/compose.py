@@ -1,0 +1,208 @@
+"""Composing agents from the tool pool and writing rubric-scored tasks for them.
+
+Tool sets are drawn deterministically (seeded by the run seed and the slot), preferring tools
+whose outputs feed another's inputs so multi-step tasks come naturally. The model writes the
+agent's prompt and each task under JSON-schema constrained output.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from schemas.records import AgentSpec, Difficulty, Message, Rubric, Task, ToolSpec
+from simulators.ask import Usage, ask
+from simulators.llm.base import ChatModel, Sampling
+
+DIFFICULTIES: tuple[Difficulty, ...] = ("easy", "medium", "hard")
+DIFFICULTY_BRIEF = {
+    "easy": "a request one tool call can serve",
+    "medium": "a request that needs two or three tool calls",
+    "hard": "a request where a later call needs an id or value returned by an earlier call",
+}
+
+
+def by_domain(pool: Sequence[ToolSpec]) -> dict[str, list[ToolSpec]]:
+    groups: dict[str, list[ToolSpec]] = defaultdict(list)
+    for spec in sorted(pool, key=lambda s: s.id):
+        groups[spec.domain].append(spec)
+    return dict(groups)
+
+
+def _fields(schema: dict[str, Any] | None) -> set[str]:
+    if not isinstance(schema, dict):
+        return set()
+    names = set(schema.get("properties", {}))
+    for sub in schema.get("properties", {}).values():
+        if isinstance(sub, dict):
+            names |= _fields(sub)
+            names |= _fields(sub.get("items"))
+    return names
+
+
+def feeds(producer: ToolSpec, consumer: ToolSpec) -> bool:
+    """Whether a field `producer` returns is an argument `consumer` takes (e.g. a booking id)."""
+    return producer.name != consumer.name and bool(
+        _fields(producer.returns) & set(consumer.parameters.get("properties", {}))
+    )
+
+
+def choose_tools(
+    pool: Sequence[ToolSpec], slot: int, seed: int, min_tools: int = 3, max_tools: int = 8
+) -> tuple[str, list[ToolSpec]]:
+    """A coherent tool set for agent `slot`: one domain, 3-8 tools, chained where possible."""
+    groups = {d: tools for d, tools in by_domain(pool).items() if len(tools) >= min_tools}
+    if not groups:
+        raise ValueError(f"no domain has {min_tools} or more tools")
+    domains = sorted(groups)
+    rng = random.Random(f"{seed}:agent:{slot}")
+    order = domains[:]
+    random.Random(f"{seed}:domains").shuffle(order)
+    domain = order[slot % len(order)]
+    tools = groups[domain]
+    size = rng.randint(min_tools, min(max_tools, len(tools)))
+    first = rng.choice(tools)
+    chosen = [first]
+    while len(chosen) < size:
+        rest = [t for t in tools if t not in chosen]
+        linked = [t for t in rest if any(feeds(c, t) or feeds(t, c) for c in chosen)]
+        chosen.append(rng.choice(linked or rest))
+    return domain, sorted(chosen, key=lambda t: t.name)
+
+
+AGENT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "purpose": {"type": "string", "minLength": 1},
+        "policy": {"type": "string"},
+    },
+    "required": ["name", "purpose", "policy"],
+    "additionalProperties": False,
+}
+
+
+async def write_agent(
+    model: ChatModel,
+    domain: str,
+    tools: list[ToolSpec],
+    sampling: Sampling,
+    usage: Usage,
+    attempts: int = 3,
+) -> AgentSpec:
+    """An agent over `tools`, with a system prompt the model writes for it."""
+    listing = "\n".join(f"- {t.name}: {t.description}" for t in tools)
+    messages = [
+        Message(
+            role="system",
+            content="You design AI assistants. Answer with JSON: a short product name, one "
+            "sentence on what the assistant helps users do, and one rule it must follow.",
+        ),
+        Message(role="user", content=f"Domain: {domain}\nTools:\n{listing}"),
+    ]
+    completion = await ask(
+        model, "synthesizer", usage, messages, sampling, schema=AGENT_SCHEMA, attempts=attempts
+    )
+    answer = completion.parsed
+    name = " ".join(str(answer["name"]).split())[:60] or f"{domain} assistant"
+    system_prompt = (
+        f"You are {name}, an assistant for {domain.replace('_', ' ')}. "
+        f"{' '.join(str(answer['purpose']).split())}\n"
+        "Use the tools to look things up and act for the user; ask for missing details; "
+        "never invent results a tool did not return."
+    )
+    return AgentSpec(
+        name=name,
+        domain=domain,
+        system_prompt=system_prompt,
+        tool_ids=[t.id for t in tools],
+        tools=tools,
+        policy=" ".join(str(answer["policy"]).split()) or None,
+    )
+
+
+def task_schema(tools: list[ToolSpec]) -> dict[str, Any]:
+    """What the model must answer to define a task; expected tools come from the offered ones."""
+    strings = {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 3}
+    return {
+        "type": "object",
+        "properties": {
+            "goal": {"type": "string", "minLength": 1},
+            "user_knows": strings,
+            "user_withholds": strings,
+            "success_criteria": {**strings, "minItems": 1},
+            "expected_tools": {
+                "type": "array",
+                "items": {"enum": [t.name for t in tools]},
+                "minItems": 1,
+                "maxItems": 4,
+            },
+            "checkpoints": strings,
+            "initial_state": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"key": {"type": "string"}, "value": {"type": "string"}},
+                    "required": ["key", "value"],
+                    "additionalProperties": False,
+                },
+                "maxItems": 4,
+            },
+        },
+        "required": [
+            "goal",
+            "user_knows",
+            "user_withholds",
+            "success_criteria",
+            "expected_tools",
+            "checkpoints",
+            "initial_state",
+        ],
+        "additionalProperties": False,
+    }
+
+
+async def write_task(
+    model: ChatModel,
+    agent: AgentSpec,
+    difficulty: Difficulty,
+    index: int,
+    sampling: Sampling,
+    usage: Usage,
+    attempts: int = 3,
+) -> Task:
+    """A task for `agent` at `difficulty`, with a rubric and the world's initial state."""
+    listing = "\n".join(f"- {t.name}: {t.description}" for t in agent.tools)
+    messages = [
+        Message(
+            role="system",
+            content="You write test tasks for an AI assistant. A task is what one user wants, "
+            "what they know, what they only tell when asked, how to judge success, which tools "
+            "the assistant should call, and facts that hold in the world before it starts.",
+        ),
+        Message(
+            role="user",
+            content=f"Assistant: {agent.name}\nTools:\n{listing}\n"
+            f"Write task #{index + 1}: {DIFFICULTY_BRIEF[difficulty]}.",
+        ),
+    ]
+    completion = await ask(
+        model, "synthesizer", usage, messages, sampling,
+        schema=task_schema(agent.tools), attempts=attempts,
+    )
+    answer = completion.parsed
+    return Task(
+        agent_id=agent.id,
+        goal=" ".join(str(answer["goal"]).split()),
+        user_knows=list(answer["user_knows"]),
+        user_withholds=list(answer["user_withholds"]),
+        difficulty=difficulty,
+        rubric=Rubric(
+            success_criteria=list(answer["success_criteria"]),
+            expected_tools=list(answer["expected_tools"]),
+            checkpoints=list(answer["checkpoints"]),
+        ),
+        initial_state={item["key"]: item["value"] for item in answer["initial_state"]},
+    )

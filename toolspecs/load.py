@@ -1,0 +1,235 @@
+"""Reading tool specs from JSON files in the project's own, MCP and OpenAI forms.
+
+Every entry ends as a `ToolSpec` or a `Failure` that names the file, the tool and the JSON pointer
+of each problem; one bad entry never stops the rest of its file, nor a bad file the rest of a run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from jsonschema.validators import validator_for
+from pydantic import ValidationError
+
+from schemas.records import Failure, ToolSpec
+
+LIBRARY = Path(__file__).parent / "library"
+SPEC_SUFFIXES = (".json", ".jsonl")
+STAGE = "load_toolspecs"
+
+
+@dataclass(frozen=True)
+class SpecProblem:
+    """One reason a spec was refused: where it is and what is wrong."""
+
+    file: str
+    tool: str
+    pointer: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: tool {self.tool!r} at {self.pointer or '/'}: {self.message}"
+
+
+def spec_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Spec files under `paths` (files as given, folders searched recursively), sorted."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(p for p in sorted(path.rglob("*")) if p.suffix in SPEC_SUFFIXES)
+        else:
+            found.append(path)
+    return found
+
+
+def load_file(path: str | Path) -> Iterator[ToolSpec | Failure]:
+    """Every tool of one file, as a ToolSpec or a Failure; never raises for bad content."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        yield _file_failure(path, "FileNotFoundError", "no such file")
+        return
+    except UnicodeDecodeError as exc:
+        yield _file_failure(path, "UnicodeDecodeError", f"not UTF-8: {exc}")
+        return
+    except OSError as exc:
+        yield _file_failure(path, type(exc).__name__, str(exc))
+        return
+    try:
+        documents = _documents(path, text)
+    except json.JSONDecodeError as exc:
+        yield _file_failure(path, "JSONDecodeError", f"not JSON: {exc}")
+        return
+    default_domain = _slug(path.stem)
+    seen: set[str] = set()
+    for where, entry, domain in _entries(documents, default_domain):
+        result = parse_entry(entry, file=str(path), where=where, default_domain=domain)
+        if isinstance(result, ToolSpec):
+            if result.name in seen:
+                result = _failure(
+                    str(path), where, result.name, "DuplicateToolName",
+                    [SpecProblem(str(path), result.name, f"{where}/name",
+                                 "name already used by another tool in this file")],
+                )
+            else:
+                seen.add(result.name)
+        yield result
+
+
+def load_paths(paths: Iterable[str | Path]) -> Iterator[ToolSpec | Failure]:
+    for path in spec_files(paths):
+        yield from load_file(path)
+
+
+def load_library() -> list[ToolSpec]:
+    """The hand-authored seed library; a broken library spec is a bug, so this raises."""
+    specs: list[ToolSpec] = []
+    for item in load_paths([LIBRARY]):
+        if isinstance(item, Failure):
+            raise ValueError(f"seed library spec is invalid: {item.source}: {item.error}")
+        specs.append(item)
+    return specs
+
+
+def parse_entry(
+    entry: Any, file: str, where: str, default_domain: str = "general"
+) -> ToolSpec | Failure:
+    """One spec in any supported form, validated, or the Failure that says why not."""
+    name = entry.get("name", "?") if isinstance(entry, dict) else "?"
+    if isinstance(entry, dict) and entry.get("type") == "function" and "function" in entry:
+        where, entry = f"{where}/function", entry["function"]
+        name = entry.get("name", "?") if isinstance(entry, dict) else "?"
+    if not isinstance(entry, dict):
+        problem = SpecProblem(file, str(name), where, "a tool spec must be a JSON object")
+        return _failure(file, where, str(name), "InvalidSpec", [problem])
+    data, source = _normalize(entry, default_domain)
+    problems = [
+        SpecProblem(file, str(name), f"{where}{pointer}", message)
+        for pointer, message in _schema_problems(data)
+    ]
+    if problems:
+        return _failure(file, where, str(name), "InvalidSchema", problems)
+    try:
+        spec = ToolSpec.model_validate({**data, "source": data.get("source", source)})
+    except ValidationError as exc:
+        problems = [
+            SpecProblem(file, str(name), where + _pointer(err["loc"]), err["msg"])
+            for err in exc.errors()
+        ]
+        return _failure(file, where, str(name), "InvalidSpec", problems)
+    return spec
+
+
+def check_parameters_schema(schema: Any) -> list[tuple[str, str]]:
+    """Problems with a parameters schema as (pointer below it, message); empty when valid."""
+    if not isinstance(schema, dict):
+        return [("", "must be a JSON Schema object")]
+    problems = _meta_problems(schema)
+    if problems:
+        return problems
+    if schema.get("type", "object") != "object":
+        return [("/type", f"arguments must be an object schema, not {schema.get('type')!r}")]
+    return []
+
+
+def _schema_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    if "parameters" in data:
+        problems += [(f"/parameters{p}", m) for p, m in check_parameters_schema(data["parameters"])]
+    returns = data.get("returns")
+    if returns is not None:
+        if not isinstance(returns, dict):
+            problems.append(("/returns", "must be a JSON Schema object"))
+        else:
+            problems += [(f"/returns{p}", m) for p, m in _meta_problems(returns)]
+    return problems
+
+
+def _meta_problems(schema: dict[str, Any]) -> list[tuple[str, str]]:
+    """Errors of `schema` against its meta-schema (draft-07 if it says so, else 2020-12)."""
+    cls = validator_for(schema, default=jsonschema.Draft202012Validator)
+    meta = cls(cls.META_SCHEMA)
+    return [
+        (_pointer(error.absolute_path), error.message)
+        for error in sorted(meta.iter_errors(schema), key=lambda e: list(e.absolute_path))
+    ]
+
+
+def _normalize(entry: dict[str, Any], default_domain: str) -> tuple[dict[str, Any], str]:
+    """Map MCP (`inputSchema`/`input_schema`) and OpenAI field names to ToolSpec's."""
+    data = dict(entry)
+    source = "authored"
+    for key in ("inputSchema", "input_schema"):
+        if key in data and "parameters" not in data:
+            data["parameters"] = data.pop(key)
+            source = "mcp"
+    for key in ("outputSchema", "output_schema"):
+        if key in data and "returns" not in data:
+            data["returns"] = data.pop(key)
+    for key in ("annotations", "title", "strict"):
+        data.pop(key, None)
+    data.setdefault("domain", default_domain)
+    return data, source
+
+
+def _documents(path: Path, text: str) -> list[Any]:
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [json.loads(text)]
+
+
+def _entries(documents: list[Any], default_domain: str) -> Iterator[tuple[str, Any, str]]:
+    """(pointer, entry, domain) for every tool in the file's documents."""
+    multi = len(documents) > 1
+    for doc_index, doc in enumerate(documents):
+        base = f"/{doc_index}" if multi else ""
+        domain = default_domain
+        if isinstance(doc, dict) and isinstance(doc.get("tools"), list):
+            # An MCP `tools/list` result, or a server record that wraps one.
+            label = doc.get("category") or doc.get("server_name")
+            domain = _slug(label) if isinstance(label, str) and label else default_domain
+            for index, entry in enumerate(doc["tools"]):
+                yield f"{base}/tools/{index}", entry, domain
+        elif isinstance(doc, list):
+            for index, entry in enumerate(doc):
+                yield f"{base}/{index}", entry, domain
+        else:
+            yield base, doc, domain
+
+
+def _pointer(parts: Iterable[Any]) -> str:
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "general"
+
+
+def _failure(
+    file: str, where: str, tool: str, error_type: str, problems: list[SpecProblem]
+) -> Failure:
+    return Failure(
+        stage=STAGE,
+        input_id=f"{file}#{where or '/'}",
+        error_type=error_type,
+        error="\n".join(str(p) for p in problems),
+        source=f"{file}#{where or '/'} ({tool})",
+    )
+
+
+def _file_failure(path: Path, error_type: str, message: str) -> Failure:
+    return Failure(
+        stage=STAGE,
+        input_id=str(path),
+        error_type=error_type,
+        error=f"{path}: {message}",
+        source=str(path),
+    )
