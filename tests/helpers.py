@@ -1,0 +1,145 @@
+"""Shared builders for unit tests: small tools, agents, tasks and a role-aware scripted model."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from typing import Any
+
+from schemas.records import AgentSpec, Rubric, Task, ToolSpec
+from simulators.llm.scripted import ScriptedModel, ScriptRequest, schema_instance
+
+SEARCH = ToolSpec(
+    name="search_flights",
+    description="Find flights between two airports on a date; returns flight ids and prices.",
+    parameters={
+        "type": "object",
+        "properties": {
+            "origin": {"type": "string", "description": "IATA code"},
+            "destination": {"type": "string", "description": "IATA code"},
+            "passengers": {"type": "integer", "minimum": 1, "maximum": 9},
+        },
+        "required": ["origin", "destination"],
+        "additionalProperties": False,
+    },
+    returns={
+        "type": "object",
+        "properties": {
+            "flights": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "flight_id": {"type": "string"},
+                        "price": {"type": "number"},
+                    },
+                    "required": ["flight_id", "price"],
+                },
+            }
+        },
+        "required": ["flights"],
+        "additionalProperties": False,
+    },
+    domain="travel",
+)
+BOOK = ToolSpec(
+    name="book_flight",
+    description="Book a flight by its id for a passenger; returns the booking id.",
+    parameters={
+        "type": "object",
+        "properties": {"flight_id": {"type": "string"}, "passenger": {"type": "string"}},
+        "required": ["flight_id", "passenger"],
+        "additionalProperties": False,
+    },
+    returns={
+        "type": "object",
+        "properties": {"booking_id": {"type": "string"}, "status": {"enum": ["confirmed"]}},
+        "required": ["booking_id", "status"],
+        "additionalProperties": False,
+    },
+    domain="travel",
+    side_effect="write",
+)
+STATUS = ToolSpec(
+    name="get_booking",
+    description="Look up a booking by id; returns its status.",
+    parameters={
+        "type": "object",
+        "properties": {"booking_id": {"type": "string"}},
+        "required": ["booking_id"],
+    },
+    returns={
+        "type": "object",
+        "properties": {"status": {"type": "string"}},
+        "required": ["status"],
+    },
+    domain="travel",
+)
+TOOLS = [SEARCH, BOOK, STATUS]
+
+
+def agent(tools: list[ToolSpec] | None = None) -> AgentSpec:
+    tools = tools or TOOLS
+    return AgentSpec(
+        name="Skyline",
+        domain="travel",
+        system_prompt="You are Skyline, a travel assistant.",
+        tool_ids=[t.id for t in tools],
+        tools=tools,
+        policy="Confirm before booking.",
+    )
+
+
+def task(agent_spec: AgentSpec | None = None) -> Task:
+    agent_spec = agent_spec or agent()
+    return Task(
+        agent_id=agent_spec.id,
+        goal="Book the cheapest flight from SFO to JFK.",
+        user_knows=["origin SFO", "destination JFK"],
+        user_withholds=["passenger name is Ada Lovelace"],
+        difficulty="hard",
+        rubric=Rubric(
+            success_criteria=["A flight is booked", "The agent confirms the booking id"],
+            expected_tools=["search_flights", "book_flight"],
+        ),
+        initial_state={"account": "ada"},
+    )
+
+
+Responder = Callable[[ScriptRequest], Any]
+
+
+def role_of(request: ScriptRequest) -> str:
+    """Which role a request comes from, read off its system prompt."""
+    system = request.system
+    if system.startswith("You are role-playing a human user"):
+        return "user"
+    if system.startswith("You simulate a software tool"):
+        return "tool"
+    if "strict" in system.lower() and "grader" in system.lower():
+        return "judge"
+    if system.startswith("You design AI assistants") or system.startswith("You write test tasks"):
+        return "synthesizer"
+    return "agent"
+
+
+def role_model(handlers: dict[str, Responder], seed: int = 0) -> ScriptedModel:
+    """A scripted model that answers each role with its handler, else a schema-valid value."""
+    rng = random.Random(seed)
+
+    def respond(request: ScriptRequest) -> Any:
+        handler = handlers.get(role_of(request))
+        if handler is not None:
+            return handler(request)
+        return schema_instance(request.schema or {"type": "string"}, rng)
+
+    return ScriptedModel(respond)
+
+
+def agent_calls(*calls: tuple[str, dict[str, Any]]) -> str:
+    return json.dumps({"tool_calls": [{"name": n, "arguments": a} for n, a in calls]})
+
+
+def agent_reply(text: str, final: bool = False) -> str:
+    return json.dumps({"content": text, "final": final})
