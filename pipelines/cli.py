@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.text import Text
 
@@ -145,7 +146,7 @@ def validate(
         if isinstance(item, Failure):
             invalid += 1
             for problem in item.error.splitlines():
-                console.print(f"[red]✗[/red] {problem}", highlight=False, soft_wrap=True)
+                console.print(f"[red]✗[/red] {escape(problem)}", highlight=False, soft_wrap=True)
         else:
             valid += 1
     summary = f"{valid} valid, {invalid} invalid in {len(files)} file(s)"

@@ -69,18 +69,21 @@ def load_file(path: str | Path) -> Iterator[ToolSpec | Failure]:
         yield _file_failure(path, "JSONDecodeError", f"not JSON: {exc}")
         return
     default_domain = _slug(path.stem)
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     for where, entry, domain in _entries(documents, default_domain):
         result = parse_entry(entry, file=str(path), where=where, default_domain=domain)
         if isinstance(result, ToolSpec):
-            if result.name in seen:
+            # Names must be unique within one tool list; servers in one .jsonl may share names.
+            key = (where.rpartition("/tools/")[0], result.name)
+            if key in seen:
+                at = f"{where}/function/name" if _is_openai(entry) else f"{where}/name"
                 result = _failure(
                     str(path), where, result.name, "DuplicateToolName",
-                    [SpecProblem(str(path), result.name, f"{where}/name",
+                    [SpecProblem(str(path), result.name, at,
                                  "name already used by another tool in this file")],
                 )
             else:
-                seen.add(result.name)
+                seen.add(key)
         yield result
 
 
@@ -104,13 +107,15 @@ def parse_entry(
 ) -> ToolSpec | Failure:
     """One spec in any supported form, validated, or the Failure that says why not."""
     name = entry.get("name", "?") if isinstance(entry, dict) else "?"
-    if isinstance(entry, dict) and entry.get("type") == "function" and "function" in entry:
+    openai = _is_openai(entry)
+    if openai:
         where, entry = f"{where}/function", entry["function"]
         name = entry.get("name", "?") if isinstance(entry, dict) else "?"
     if not isinstance(entry, dict):
         problem = SpecProblem(file, str(name), where, "a tool spec must be a JSON object")
         return _failure(file, where, str(name), "InvalidSpec", [problem])
     data, source = _normalize(entry, default_domain)
+    source = "openai" if openai else source
     problems = [
         SpecProblem(file, str(name), f"{where}{pointer}", message)
         for pointer, message in _schema_problems(data)
@@ -155,12 +160,19 @@ def _schema_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _meta_problems(schema: dict[str, Any]) -> list[tuple[str, str]]:
     """Errors of `schema` against its meta-schema (draft-07 if it says so, else 2020-12)."""
-    cls = validator_for(schema, default=jsonschema.Draft202012Validator)
-    meta = cls(cls.META_SCHEMA)
+    default = jsonschema.Draft202012Validator
+    declared = schema.get("$schema")
+    cls = validator_for(schema, default=default) if isinstance(declared, str) else default
+    meta = cls(cls.META_SCHEMA, format_checker=cls.FORMAT_CHECKER)
     return [
         (_pointer(error.absolute_path), error.message)
         for error in sorted(meta.iter_errors(schema), key=lambda e: list(e.absolute_path))
     ]
+
+
+def _is_openai(entry: Any) -> bool:
+    """Whether `entry` is an OpenAI `tools` entry: `{"type": "function", "function": {...}}`."""
+    return isinstance(entry, dict) and entry.get("type") == "function" and "function" in entry
 
 
 def _normalize(entry: dict[str, Any], default_domain: str) -> tuple[dict[str, Any], str]:
