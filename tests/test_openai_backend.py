@@ -20,7 +20,7 @@ from aiohttp import web
 
 from schemas.records import FunctionCall, Message, ToolCall
 from simulators.llm.base import ModelError, Sampling
-from simulators.llm.openai_backend import OpenAIChatModel
+from simulators.llm.openai_backend import OpenAIChatModel, _retry_after
 from simulators.llm.registry import ModelConfig
 from simulators.llm.scripted import schema_instance
 
@@ -385,3 +385,12 @@ def test_close_is_idempotent_and_model_serves_later_loops(fake: tuple[str, FakeS
     run(model, model.complete(CHAT))
     asyncio.run(model.close())
     assert model.requests == 2
+
+
+def test_retry_after_header_forms() -> None:
+    assert _retry_after("0") == 0.0 and _retry_after("2.5") == 2.5
+    assert _retry_after(None) is None and _retry_after("soon") is None
+    assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past
+    model = OpenAIChatModel(ModelConfig(backend="openai"), retry_after_max_s=5.0)
+    assert model._delay(1, 3600.0) == 5.0
+    assert 0.25 <= model._delay(1, None) <= 0.5
