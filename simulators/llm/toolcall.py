@@ -16,6 +16,8 @@ from schemas.records import FunctionCall, Message, ToolCall, canonical_json, con
 from simulators.llm.base import ModelOutputError
 
 MAX_CALLS_PER_TURN = 3
+NAME_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions"})
+LITERALS = frozenset({"enum", "const", "default", "examples", "required"})
 
 
 def render_tools(tools: list[dict[str, Any]]) -> str:
@@ -93,21 +95,24 @@ def bound_schema(schema: Any, max_string: int = 120, max_items: int = 4) -> Any:
         return [bound_schema(item, max_string, max_items) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {key: bound_schema(value, max_string, max_items) for key, value in schema.items()}
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in NAME_MAPS and isinstance(value, dict):
+            # Maps names to schemas: recurse into values, never treat names as keywords.
+            out[key] = {n: bound_schema(sub, max_string, max_items) for n, sub in value.items()}
+        elif key in LITERALS:
+            out[key] = copy.deepcopy(value)
+        else:
+            out[key] = bound_schema(value, max_string, max_items)
     types = out.get("type")
-    type_set = set(types) if isinstance(types, list) else {types}
-    if "string" in type_set and "enum" not in out and "const" not in out and "format" not in out:
+    type_set = set(types) if isinstance(types, list) else {types if isinstance(types, str) else ""}
+    unbounded_text = not any(k in out for k in ("enum", "const", "format", "pattern"))
+    if "string" in type_set and unbounded_text:
         out["maxLength"] = min(int(out.get("maxLength", max_string)), max_string)
     if "array" in type_set:
         out["maxItems"] = min(int(out.get("maxItems", max_items)), max_items)
         if int(out.get("minItems", 0)) > out["maxItems"]:
             out["maxItems"] = int(out["minItems"])
-    # `properties` maps names to schemas: recurse into values, never treat names as keywords.
-    if isinstance(schema.get("properties"), dict):
-        out["properties"] = {
-            name: bound_schema(sub, max_string, max_items)
-            for name, sub in schema["properties"].items()
-        }
     return out
 
 
