@@ -76,6 +76,10 @@ def test_bound_schema_limits_strings_and_arrays_but_not_property_names() -> None
             "tags": {"type": "array", "items": {"type": "string"}, "minItems": 6},
             "code": {"type": "string", "pattern": "^[A-Z]+$"},
             "kind": {"enum": ["a", "b"]},
+            "long": {"type": "string", "minLength": 50},
+            "set": {"type": "array", "uniqueItems": True, "items": {"type": "integer"}},
+            "fixed": {"const": {"type": "string"}},
+            "zip": {"type": "string", "pattern": "^[0-9]+$", "maxLength": 5},
         },
     }
     bounded = bound_schema(schema, max_string=20, max_items=3)
@@ -85,6 +89,10 @@ def test_bound_schema_limits_strings_and_arrays_but_not_property_names() -> None
     assert props["tags"]["items"]["maxLength"] == 20
     assert "maxLength" not in props["code"]  # xgrammar refuses pattern with a length
     assert props["kind"] == {"enum": ["a", "b"]}
+    assert props["long"]["maxLength"] == 50  # never below minLength
+    assert "uniqueItems" not in props["set"]  # xgrammar refuses it
+    assert props["fixed"] == {"const": {"type": "string"}}  # literals are not schemas
+    assert props["zip"] == {"type": "string", "pattern": "^[0-9]+$"}
     assert schema["properties"]["type"] == {"type": "string"}  # original untouched
 
 

@@ -17,6 +17,8 @@ from simulators.llm.base import ModelOutputError
 
 MAX_CALLS_PER_TURN = 3
 NAME_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions"})
+GRAMMAR_UNSUPPORTED = ("uniqueItems", "contains", "minContains", "maxContains", "multipleOf")
+"""Keywords xgrammar refuses; dropped from the generation copy, still enforced on validation."""
 LITERALS = frozenset({"enum", "const", "default", "examples", "required"})
 
 
@@ -104,11 +106,17 @@ def bound_schema(schema: Any, max_string: int = 120, max_items: int = 4) -> Any:
             out[key] = copy.deepcopy(value)
         else:
             out[key] = bound_schema(value, max_string, max_items)
+    for keyword in GRAMMAR_UNSUPPORTED:
+        out.pop(keyword, None)
+    if "pattern" in out or "format" in out:
+        out.pop("minLength", None)
+        out.pop("maxLength", None)
     types = out.get("type")
     type_set = set(types) if isinstance(types, list) else {types if isinstance(types, str) else ""}
     unbounded_text = not any(k in out for k in ("enum", "const", "format", "pattern"))
     if "string" in type_set and unbounded_text:
-        out["maxLength"] = min(int(out.get("maxLength", max_string)), max_string)
+        bound = min(int(out.get("maxLength", max_string)), max_string)
+        out["maxLength"] = max(bound, int(out.get("minLength", 0)))
     if "array" in type_set:
         out["maxItems"] = min(int(out.get("maxItems", max_items)), max_items)
         if int(out.get("minItems", 0)) > out["maxItems"]:
