@@ -81,12 +81,16 @@ class JudgeResult:
 
 
 def response_schema(n_criteria: int) -> dict[str, Any]:
-    """The judge's answer schema: `c1..cN`, each a `{score: 0|1|2, reason}` object, all required."""
+    """The judge's answer schema: `c1..cN`, each a `{reason, score: 0|1|2}` object, all required.
+
+    The reason comes first: constrained decoding writes properties in order, so the judge states
+    its evidence before it commits to a score.
+    """
     item = {
         "type": "object",
         "properties": {
-            "score": {"type": "integer", "enum": [0, 1, 2]},
             "reason": {"type": "string"},
+            "score": {"type": "integer", "enum": [0, 1, 2]},
         },
         "required": ["score", "reason"],
         "additionalProperties": False,
@@ -177,7 +181,7 @@ def judge_messages(
     keys = ", ".join(f"c{i}" for i in range(1, len(rubric.success_criteria) + 1))
     lines += [
         "",
-        f'Answer with JSON only: {{"c1": {{"score": 0|1|2, "reason": "..."}}, ...}} '
+        f'Answer with JSON only: {{"c1": {{"reason": "...", "score": 0|1|2}}, ...}} '
         f"with keys {keys}.",
     ]
     transcript = render_transcript(trajectory, max_chars)

@@ -49,7 +49,7 @@ def run(
 ) -> None:
     """Run the mill end to end and write the output folder (sft/, rl/, manifest.json...)."""
     # vLLM logs every engine step at INFO; keep the terminal for agentmill's progress lines.
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     from pipelines.config import ROLES, ConfigError, load_config
 
     overrides: dict[str, Any] = {"out": out, "episodes": episodes, "seed": seed}

@@ -41,6 +41,15 @@ def stable_seed(*parts: object) -> int:
     return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
 
 
+def fixed_batches(size: int) -> beam.BatchElements:
+    """Batches of `size` (fewer at a bundle's end).
+
+    Beam's default adaptive batching starts at one element and grows with measured time, which
+    would run the first episodes one at a time and leave the engine idle.
+    """
+    return beam.BatchElements(min_batch_size=size, max_batch_size=size)
+
+
 class _LoadFileFn(beam.DoFn):
     def process(self, path: str) -> Iterator[Any]:
         for item in load_file(path):
@@ -104,7 +113,7 @@ class ComposeAgents(beam.PTransform):
         return (
             specs.pipeline
             | "AgentSlots" >> beam.Create(list(range(n_agents)))
-            | "BatchSlots" >> beam.BatchElements(min_batch_size=1, max_batch_size=32)
+            | "BatchSlots" >> fixed_batches(self.config.batch_size)
             | "Compose"
             >> beam.ParDo(_ComposeAgentFn(self.config, n_agents), beam.pvalue.AsList(specs))
             .with_outputs(FAILURES, main="agents")
@@ -152,7 +161,7 @@ class GenerateTasks(beam.PTransform):
         return (
             agents
             | "TaskSlots" >> beam.FlatMap(task_slots)
-            | "BatchTaskSlots" >> beam.BatchElements(min_batch_size=1, max_batch_size=64)
+            | "BatchTaskSlots" >> fixed_batches(self.config.batch_size)
             | "Write" >> beam.ParDo(_WriteTaskFn(self.config)).with_outputs(FAILURES, main="tasks")
         )
 
@@ -216,7 +225,7 @@ class RunEpisodes(beam.PTransform):
         return (
             pairs
             | "BatchEpisodes"
-            >> beam.BatchElements(min_batch_size=1, max_batch_size=self.config.batch_size)
+            >> fixed_batches(self.config.batch_size)
             | "Play"
             >> beam.ParDo(_EpisodeFn(self.config)).with_outputs(FAILURES, main="trajectories")
         )
@@ -279,7 +288,7 @@ class JudgeTrajectories(beam.PTransform):
     def expand(self, pairs: Any) -> Any:
         return (
             pairs
-            | "BatchJudging" >> beam.BatchElements(min_batch_size=1, max_batch_size=64)
+            | "BatchJudging" >> fixed_batches(self.config.batch_size)
             | "Judge"
             >> beam.ParDo(_JudgeFn(self.config)).with_outputs(FAILURES, "rejected", main="passed")
         )

@@ -53,7 +53,11 @@ class UserSimulator:
         """The user's first message."""
         messages = [
             Message(role="system", content=self.system_prompt()),
-            Message(role="user", content="Write your first message to the assistant."),
+            Message(
+                role="user",
+                content="Write your first message to the assistant, asking in your own words "
+                f"for what you want: {self.task.goal}",
+            ),
         ]
         completion = await ask(
             self.model, self.role, usage, messages, self.sampling,
@@ -71,6 +75,12 @@ class UserSimulator:
                 messages.append(Message(role="user", content=message.content))
         if messages[-1].role != "user":
             messages.append(Message(role="user", content="(The assistant is waiting.)"))
+        reminder = (
+            f"\n\n(Reply as {self.persona.name}. Your goal: {self.task.goal} "
+            "Set done to true if it is met or cannot be met.)"
+        )
+        last = messages[-1]
+        messages[-1] = Message(role="user", content=f"{last.content}{reminder}")
         completion = await ask(
             self.model, self.role, usage, messages, self.sampling,
             schema=REPLY_SCHEMA, attempts=self.attempts,

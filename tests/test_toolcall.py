@@ -143,3 +143,20 @@ def test_truncated_constrained_answer_is_an_output_error() -> None:
         asyncio.run(
             model.complete([Message(role="user", content="x")], response_schema={"type": "object"})
         )
+
+
+def test_generation_bounds_reach_the_constraint_only_when_configured() -> None:
+    from simulators.llm.registry import EMBEDDED_MODEL, ModelConfig
+
+    assert ModelConfig(model=EMBEDDED_MODEL).generation_bounds() == (120, 4)
+    assert ModelConfig(backend="openai", model="big").generation_bounds() == (None, None)
+    assert ModelConfig(model="big", max_string_chars=50).generation_bounds() == (50, None)
+
+    schema = {"type": "object", "properties": {"text": {"type": "string"}}}
+    plain = ScriptedModel([{"text": "a"}])
+    asyncio.run(plain.complete([Message(role="user", content="x")], response_schema=schema))
+    assert plain.requests[0].schema == schema
+    bounded = ScriptedModel([{"text": "a"}])
+    bounded.bound_strings = 10
+    asyncio.run(bounded.complete([Message(role="user", content="x")], response_schema=schema))
+    assert bounded.requests[0].schema["properties"]["text"]["maxLength"] == 10

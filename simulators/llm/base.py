@@ -90,8 +90,9 @@ class ConstrainedChatModel(ChatModel):
     same way for every engine, through constrained JSON (see `simulators.llm.toolcall`).
     """
 
-    bound_strings: int = 160
-    bound_items: int = 4
+    bound_strings: int | None = None
+    bound_items: int | None = None
+    """Generation-only limits on strings and arrays; see `toolcall.bound_schema`."""
 
     @abc.abstractmethod
     async def generate(
@@ -119,7 +120,7 @@ class ConstrainedChatModel(ChatModel):
             schema = toolcall.agent_output_schema(tools)
         else:
             schema = response_schema
-        if schema is not None:
+        if schema is not None and (self.bound_strings or self.bound_items):
             schema = toolcall.bound_schema(schema, self.bound_strings, self.bound_items)
         raw = await self.generate(plain, schema, sampling)
         completion = Completion(

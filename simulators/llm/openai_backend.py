@@ -59,6 +59,7 @@ class OpenAIChatModel(ConstrainedChatModel):
         retry_after_max_s: float = 60.0,
     ) -> None:
         self.name = config.display_name()
+        self.bound_strings, self.bound_items = config.generation_bounds()
         self.config = config
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s

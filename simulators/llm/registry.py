@@ -44,6 +44,21 @@ class ModelConfig(BaseModel):
     engine_args: dict[str, Any] = Field(default_factory=dict)
     # both
     max_in_flight: int = 256
+    max_string_chars: int | None = Field(
+        default=None,
+        description="Cap on every free-text string in constrained output (generation only). "
+        "Weak models fill unbounded strings until the token budget ends; strong ones need none. "
+        "Unset: 120 for the embedded model, no cap otherwise.",
+    )
+    max_array_items: int | None = Field(
+        default=None, description="Cap on arrays in constrained output; unset: 4 / no cap."
+    )
+
+    def generation_bounds(self) -> tuple[int | None, int | None]:
+        """(string chars, array items) caps for constrained generation."""
+        if self.model == EMBEDDED_MODEL:
+            return self.max_string_chars or 120, self.max_array_items or 4
+        return self.max_string_chars, self.max_array_items
 
     def key(self) -> str:
         """Identity of the engine this config needs; equal keys share one client."""

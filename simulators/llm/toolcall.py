@@ -87,7 +87,7 @@ def _arguments_schema(parameters: dict[str, Any] | None) -> dict[str, Any]:
     return schema
 
 
-def bound_schema(schema: Any, max_string: int = 120, max_items: int = 4) -> Any:
+def bound_schema(schema: Any, max_string: int | None = 120, max_items: int | None = 4) -> Any:
     """A copy of `schema` with lengths bounded, for generation only.
 
     Weak models fill unbounded strings and arrays until the token budget ends; bounding them in
@@ -114,10 +114,10 @@ def bound_schema(schema: Any, max_string: int = 120, max_items: int = 4) -> Any:
     types = out.get("type")
     type_set = set(types) if isinstance(types, list) else {types if isinstance(types, str) else ""}
     unbounded_text = not any(k in out for k in ("enum", "const", "format", "pattern"))
-    if "string" in type_set and unbounded_text:
+    if "string" in type_set and unbounded_text and max_string is not None:
         bound = min(int(out.get("maxLength", max_string)), max_string)
         out["maxLength"] = max(bound, int(out.get("minLength", 0)))
-    if "array" in type_set:
+    if "array" in type_set and max_items is not None:
         out["maxItems"] = min(int(out.get("maxItems", max_items)), max_items)
         if int(out.get("minItems", 0)) > out["maxItems"]:
             out["maxItems"] = int(out["minItems"])

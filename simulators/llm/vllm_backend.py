@@ -32,6 +32,7 @@ class VLLMChatModel(ConstrainedChatModel):
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
         self.name = config.display_name()
+        self.bound_strings, self.bound_items = config.generation_bounds()
         self._engine: AsyncLLM | None = None
         self._tokenizer: Any = None
         self._closed = False
