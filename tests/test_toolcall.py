@@ -93,6 +93,8 @@ def test_bound_schema_limits_strings_and_arrays_but_not_property_names() -> None
     assert "uniqueItems" not in props["set"]  # xgrammar refuses it
     assert props["fixed"] == {"const": {"type": "string"}}  # literals are not schemas
     assert props["zip"] == {"type": "string", "pattern": "^[0-9]+$"}
+    count = bound_schema({"type": "integer", "minimum": 1})
+    assert count["minimum"] == 1 and count["maximum"] >= 10**6
     assert schema["properties"]["type"] == {"type": "string"}  # original untouched
 
 

@@ -19,6 +19,7 @@ MAX_CALLS_PER_TURN = 3
 NAME_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions"})
 GRAMMAR_UNSUPPORTED = ("uniqueItems", "contains", "minContains", "maxContains", "multipleOf")
 """Keywords xgrammar refuses; dropped from the generation copy, still enforced on validation."""
+MAX_MAGNITUDE = 1_000_000_000
 LITERALS = frozenset({"enum", "const", "default", "examples", "required"})
 
 
@@ -117,6 +118,10 @@ def bound_schema(schema: Any, max_string: int | None = 120, max_items: int | Non
     if "string" in type_set and unbounded_text and max_string is not None:
         bound = min(int(out.get("maxLength", max_string)), max_string)
         out["maxLength"] = max(bound, int(out.get("minLength", 0)))
+    if type_set & {"integer", "number"} and "enum" not in out and "const" not in out:
+        # Unbounded numbers let a weak model emit digits until the budget ends.
+        out.setdefault("maximum", MAX_MAGNITUDE)
+        out.setdefault("minimum", -MAX_MAGNITUDE)
     if "array" in type_set and max_items is not None:
         out["maxItems"] = min(int(out.get("maxItems", max_items)), max_items)
         if int(out.get("minItems", 0)) > out["maxItems"]:
