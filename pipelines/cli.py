@@ -27,9 +27,12 @@ ROLE_STYLES = {"system": "dim", "user": "bold cyan", "assistant": "bold green"}
 err = Console(stderr=True)
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True})
 def run(
-    out: Annotated[str | None, typer.Option(help="Output folder.")] = None,
+    ctx: typer.Context,
+    out: Annotated[
+        str | None, typer.Option(help="Output folder, local or a URI such as gs://bucket/runs/x.")
+    ] = None,
     episodes: Annotated[int | None, typer.Option(help="Episodes to simulate.")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML config file.")] = None,
     seed: Annotated[int | None, typer.Option(help="Run seed.")] = None,
@@ -47,7 +50,11 @@ def run(
         str | None, typer.Option(help="OpenAI-compatible endpoint for the openai backend.")
     ] = None,
 ) -> None:
-    """Run the mill end to end and write the output folder (sft/, rl/, manifest.json...)."""
+    """Run the mill end to end and write the output folder (sft/, rl/, manifest.json...).
+
+    Arguments after `--` go to Beam, e.g. `-- --runner=DataflowRunner --project=P ...`;
+    without them the mill runs in process.
+    """
     # vLLM logs every engine step at INFO; keep the terminal for agentmill's progress lines.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     from pipelines.config import ROLES, ConfigError, load_config
@@ -68,9 +75,11 @@ def run(
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
 
+    from pipelines.dataflow import pipeline_from_args
     from pipelines.run import run as run_mill
 
-    manifest = run_mill(cfg)
+    beam_args = [a for a in ctx.args if a != "--"]
+    manifest = run_mill(cfg, pipeline_from_args(beam_args) if beam_args else None)
     counts = manifest["counts"]
     err.print(
         f"[green]done[/green] in {manifest['timings']['wall_seconds']} s: "
@@ -84,25 +93,116 @@ def run(
 
 @app.command()
 def sample(
-    path: Annotated[Path, typer.Argument(help="A Parquet file or folder (e.g. runs/demo/sft).")],
+    path: Annotated[
+        Path, typer.Argument(help="A run folder, or a Parquet folder or file (e.g. runs/demo/sft).")
+    ],
     n: Annotated[int, typer.Option("-n", help="How many to show.")] = 3,
     seed: Annotated[int | None, typer.Option(help="Pick at random with this seed.")] = None,
+    domain: Annotated[str | None, typer.Option(help="Only this domain.")] = None,
+    passed: Annotated[
+        bool | None,
+        typer.Option("--passed/--rejected", help="Only passing (sft/) or only rejected ones."),
+    ] = None,
+    min_score: Annotated[
+        float | None, typer.Option(help="Only trajectories the judge scored at least this.")
+    ] = None,
+    has_error: Annotated[
+        bool, typer.Option("--has-error", help="Only trajectories where a tool returned an error.")
+    ] = False,
 ) -> None:
-    """Show trajectories from an output folder, readably."""
-    from pipelines.parquet_io import read_rows
+    """Show trajectories from a run or an output folder, readably, optionally filtered."""
+    from pipelines.parquet_io import count_rows, read_rows
 
+    sources = _sample_sources(path, passed)
     try:
-        rows = read_rows(path)
+        rows = [row for source in sources for row in read_rows(source)]
     except FileNotFoundError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
-    if not rows:
-        err.print(f"{path}: no rows")
+    filters = _describe_filters(domain, passed, min_score, has_error)
+    matching = [r for r in rows if _matches(r, domain, passed, min_score, has_error)]
+    if not matching:
+        where = ", ".join(escape(str(s)) for s in sources)
+        if not rows:
+            err.print(f"{where}: no rows")
+        else:
+            err.print(f"{where}: no rows match {filters} (of {len(rows)} rows)")
+        rejected = _rejected_sibling(sources)
+        held = count_rows(rejected) if rejected is not None else 0
+        if held:
+            noun = "trajectory is" if held == 1 else "trajectories are"
+            err.print(
+                f"{held} rejected {noun} in {escape(str(rejected))}: "
+                f"agentmill sample {escape(str(rejected))}"
+            )
         raise typer.Exit(1)
+    total = len(matching)
     if seed is not None:
-        rows = random.Random(seed).sample(rows, k=min(n, len(rows)))
-    for row in rows[:n]:
+        matching = random.Random(seed).sample(matching, k=min(n, total))
+    for row in matching[:n]:
         console.print(render_row(row))
+    if filters:
+        err.print(f"showed {min(n, total)} of {total} rows matching {filters}")
+
+
+def _is_run_folder(path: Path) -> bool:
+    return path.is_dir() and any((path / f).is_dir() for f in ("sft", "rejected"))
+
+
+def _sample_sources(path: Path, passed: bool | None) -> list[Path]:
+    """The folders to sample: a run folder means sft/ and/or rejected/, anything else itself."""
+    if not _is_run_folder(path):
+        return [path]
+    folders = {True: ["sft"], False: ["rejected"], None: ["sft", "rejected"]}[passed]
+    return [path / f for f in folders if (path / f).is_dir()] or [path / folders[0]]
+
+
+def _rejected_sibling(sources: list[Path]) -> Path | None:
+    """The run's rejected/ folder when every sampled source was its sft/."""
+    if all(s.name == "sft" for s in sources):
+        sibling = sources[0].parent / "rejected"
+        return sibling if sibling.is_dir() else None
+    return None
+
+
+def _status(row: dict[str, Any]) -> bool | None:
+    """True for a passing (sft) row, False for a rejected one, None if it was not judged."""
+    if "judgement" in row or "failed_checks" in row:
+        return False
+    return True if "judge_score" in row else None
+
+
+def _matches(
+    row: dict[str, Any],
+    domain: str | None,
+    passed: bool | None,
+    min_score: float | None,
+    has_error: bool,
+) -> bool:
+    from pipelines.stats import has_tool_error
+
+    if domain is not None and row.get("domain") != domain:
+        return False
+    if passed is not None and _status(row) is not passed:
+        return False
+    if min_score is not None and (row.get("judge_score") is None or row["judge_score"] < min_score):
+        return False
+    return not has_error or has_tool_error(row.get("messages") or [])
+
+
+def _describe_filters(
+    domain: str | None, passed: bool | None, min_score: float | None, has_error: bool
+) -> str:
+    parts = []
+    if domain is not None:
+        parts.append(f"--domain {domain}")
+    if passed is not None:
+        parts.append("--passed" if passed else "--rejected")
+    if min_score is not None:
+        parts.append(f"--min-score {min_score}")
+    if has_error:
+        parts.append("--has-error")
+    return " ".join(parts)
 
 
 def render_row(row: dict[str, Any]) -> Panel:
@@ -125,10 +225,85 @@ def render_row(row: dict[str, Any]) -> Panel:
         body.append(content + "\n")
     if not row.get("messages") and not row.get("prompt"):
         body.append(json.dumps(row, indent=2, default=str)[:2000])
+    if "failed_checks" in row or "judgement" in row:
+        from pipelines.stats import rejection_reasons
+
+        reasons = "; ".join(rejection_reasons(row.get("failed_checks"), detail=True))
+        body.append(f"rejected: {reasons}\n", style="red")
     title_parts = [row.get("id", ""), row.get("domain", ""), row.get("end_reason", "")]
     if row.get("judge_score") is not None:
         title_parts.append(f"judge {row['judge_score']:.2f}")
     return Panel(body, title=" · ".join(p for p in title_parts if p), title_align="left")
+
+
+@app.command()
+def stats(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (with manifest.json).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Print a run's numbers: the same ones its dataset card shows."""
+    from rich.table import Table
+
+    from pipelines.stats import run_stats, summary_rows
+
+    try:
+        numbers = run_stats(run_dir)
+    except FileNotFoundError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+    if as_json:
+        numbers = {k: v for k, v in numbers.items() if k != "series"}
+        console.print_json(json.dumps(numbers, default=str))
+        return
+    table = Table(title=f"agentmill run {escape(numbers['name'])}", title_justify="left")
+    for column in ("section", "statistic", "value"):
+        table.add_column(column, justify="right" if column == "value" else "left")
+    previous = None
+    for section, statistic, value in summary_rows(numbers):
+        table.add_row(
+            section if section != previous else "",
+            escape(str(statistic)),
+            escape(str(value)),
+            end_section=False,
+        )
+        previous = section
+    console.print(table)
+
+
+@app.command("export")
+def export_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="trl, sharegpt, hermes or verl.")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder to write (data/, export.json, README.md).")],
+    shards: Annotated[int, typer.Option(help="Parquet files per split, balanced by tokens.")] = 1,
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of rows, by id hash, in the validation split.")
+    ] = 0.0,
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="Also write JSONL (jsonl/).")] = False,
+) -> None:
+    """Write a run's sft/ (or rl/ for verl) in a trainer's format, split and sharded."""
+    from pipelines.export import ExportError, export
+
+    try:
+        summary = export(run_dir, fmt, out, shards, val_fraction, jsonl)
+    except ExportError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from exc
+    for split, info in summary["splits"].items():
+        tokens = [shard["tokens"] for shard in info["shards"]]
+        console.print(
+            f"{split}: {info['rows']} rows, {len(tokens)} shard(s), {info['tokens']:,} tokens "
+            f"(per shard {min(tokens):,} to {max(tokens):,})",
+            highlight=False,
+        )
+    if summary["skipped"]:
+        err.print(
+            f"[yellow]{len(summary['skipped'])} row(s) skipped[/yellow] "
+            f"(reasons in {escape(str(out / 'export.json'))})"
+        )
+    console.print(f"{fmt} export -> {escape(str(out))}", highlight=False)
 
 
 @toolspecs_app.command("validate")

@@ -9,6 +9,9 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines import storage
 
 OUTPUT_FOLDERS = (
     "toolspecs",
@@ -48,8 +51,20 @@ class WriteRecords(beam.PTransform):
         )
 
 
-def parquet_files(path: str | Path) -> list[Path]:
-    """The Parquet files of an output folder (or the file itself), sorted."""
+def parquet_files(path: str | Path) -> list[Any]:
+    """The Parquet files of an output folder (or the file itself), sorted.
+
+    Local paths come back as `Path`s; URIs (`gs://...`) as strings, listed through Beam's
+    filesystems.
+    """
+    if storage.is_uri(str(path)):
+        uri = str(path).rstrip("/")
+        if uri.endswith(".parquet") and FileSystems.exists(uri):
+            return [uri]
+        files = storage.list_files(uri, "*.parquet")
+        if not files and not FileSystems.exists(uri) and not storage.list_files(uri):
+            raise FileNotFoundError(f"{uri}: no such file or folder")
+        return files
     path = Path(path)
     if path.is_file():
         return [path]
@@ -58,20 +73,73 @@ def parquet_files(path: str | Path) -> list[Path]:
     return sorted(p for p in path.glob("*.parquet") if p.is_file())
 
 
+def _open(file: Any) -> Any:
+    """A Parquet file pyarrow can read: a local path, or a Beam filesystems handle for a URI."""
+    if storage.is_uri(str(file)):
+        return FileSystems.open(str(file), mime_type="application/octet-stream")
+    return file
+
+
 def count_rows(path: str | Path) -> int:
     try:
         files = parquet_files(path)
     except FileNotFoundError:
         return 0
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    total = 0
+    for file in files:
+        source = _open(file)
+        try:
+            total += pq.ParquetFile(source).metadata.num_rows
+        finally:
+            if source is not file:
+                source.close()
+    return total
 
 
-def read_rows(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
+def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table | None:
+    """A folder's Parquet files as one table (only `columns` if given); None if it has none.
+
+    A missing folder raises FileNotFoundError. Columns a file lacks are read as nulls, so a
+    column added to a schema later does not break reading older runs.
+    """
+    tables = []
+    for file in parquet_files(path):
+        source = _open(file)
+        try:
+            parquet = pq.ParquetFile(source)
+            present = set(parquet.schema_arrow.names)
+            wanted = None if columns is None else [c for c in columns if c in present]
+            table = parquet.read(columns=wanted)
+        finally:
+            if source is not file:
+                source.close()
+        for name in columns or []:
+            if name not in present:
+                table = table.append_column(name, pa.nulls(table.num_rows))
+        tables.append(table.select(columns) if columns else table)
+    if not tables:
+        return None
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def read_rows(
+    path: str | Path, limit: int | None = None, columns: list[str] | None = None
+) -> list[dict[str, Any]]:
     """Rows of a folder of Parquet files, in file order, up to `limit`."""
     rows: list[dict[str, Any]] = []
     for file in parquet_files(path):
-        table = pq.read_table(file)
-        rows.extend(table.to_pylist())
+        table = read_table(file, columns)
+        if table is not None:
+            rows.extend(table.to_pylist())
         if limit is not None and len(rows) >= limit:
             return rows[:limit]
     return rows
+
+
+def read_column(path: str | Path, name: str) -> list[Any]:
+    """One column of a folder's Parquet files; empty when the folder is missing or empty."""
+    try:
+        table = read_table(path, [name])
+    except FileNotFoundError:
+        return []
+    return [] if table is None else table.column(name).to_pylist()

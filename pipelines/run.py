@@ -7,7 +7,6 @@ writes `manifest.json` and `README.md` from what actually landed on disk.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from pipelines import runtime
+from pipelines import runtime, storage
 from pipelines.card import write_card
 from pipelines.config import RunConfig
 from pipelines.manifest import build_manifest
@@ -96,8 +95,11 @@ def in_process_pipeline() -> beam.Pipeline:
 
 
 def run(config: RunConfig, pipeline: beam.Pipeline | None = None) -> dict[str, Any]:
-    """Run the mill for `config` and return the manifest it wrote."""
-    out = Path(config.out)
+    """Run the mill for `config` and return the manifest it wrote.
+
+    `config.out` may be a local folder or a URI (`gs://...`) that Beam's filesystems can write.
+    """
+    out = storage.run_path(config.out)
     _prepare_output(out)
     started = time.time()
     print(
@@ -113,17 +115,14 @@ def run(config: RunConfig, pipeline: beam.Pipeline | None = None) -> dict[str, A
     finally:
         runtime.close_models()
     manifest = build_manifest(config, out, result, started_at=started, finished_at=time.time())
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    storage.write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     write_card(out, manifest)
     return manifest
 
 
-def _prepare_output(out: Path) -> None:
+def _prepare_output(out: storage.RunPath) -> None:
     """Clear this run's stage folders, so no stale shard of an earlier run mixes in."""
-    out.mkdir(parents=True, exist_ok=True)
-    for folder in OUTPUT_FOLDERS:
-        target = out / folder
-        if target.is_dir():
-            shutil.rmtree(target)
-    for name in ("manifest.json", "README.md"):
-        (out / name).unlink(missing_ok=True)
+    if isinstance(out, Path):
+        out.mkdir(parents=True, exist_ok=True)
+    for name in (*OUTPUT_FOLDERS, "plots", "manifest.json", "README.md"):
+        storage.remove_tree(out / name)

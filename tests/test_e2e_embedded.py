@@ -56,4 +56,4 @@ def test_two_episodes_on_the_embedded_model(tmp_path: Path) -> None:
         }
     for row in read_rows(out / "failures"):
         assert row["stage"] and row["error"] and row["input_id"]
-    assert (out / "README.md").read_text().startswith("# agentmill data set")
+    assert "\n# agentmill data set" in (out / "README.md").read_text()

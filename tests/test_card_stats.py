@@ -1,0 +1,266 @@
+"""The dataset card (README.md + plots), `agentmill stats` and `agentmill sample`'s filters."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from datasets import load_dataset
+from typer.testing import CliRunner
+
+from pipelines.card import write_card
+from pipelines.cli import app
+from pipelines.parquet_io import read_rows
+from pipelines.stats import pct, run_stats
+from schemas import arrow
+from schemas.records import FunctionCall, Judgement, Message, ToolCall, Trajectory
+
+runner = CliRunner()
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def card(run: Path) -> tuple[dict[str, Any], str]:
+    text = (run / "README.md").read_text()
+    _, front, body = text.split("---\n", 2)
+    return yaml.safe_load(front), body
+
+
+# the card -------------------------------------------------------------------------------------
+
+
+def test_card_says_what_is_inside_and_how_it_was_made(scripted_run: Path) -> None:
+    manifest = json.loads((scripted_run / "manifest.json").read_text())
+    meta, body = card(scripted_run)
+    assert body.lstrip().startswith(f"# agentmill data set `{scripted_run.name}`")
+    configs = {c["config_name"]: c for c in meta["configs"]}
+    assert configs["sft"]["data_files"] == "sft/*.parquet" and configs["sft"]["default"]
+    assert "failures" not in configs  # empty folders get no config
+    assert manifest["fingerprint"] in body
+    for role, model in manifest["models"].items():
+        assert re.search(rf"\| {role} \| `{re.escape(model)}` \|", body)
+    for folder, count in manifest["counts"].items():
+        assert f"| `{folder}/` | {count} |" in body
+    assert f"judge pass rate: {pct(manifest['judge']['pass_rate'])}" in body
+    prompt_total = sum(t["prompt"] for t in manifest["tokens"].values())
+    assert "| **all** | " in body and f" {prompt_total} |" in body
+    assert "## Episodes" in body and "## Rejections and failures" in body
+    assert "| model | roles | requests |" in body
+
+
+def test_card_plots_are_pngs_it_links(scripted_run: Path) -> None:
+    _, body = card(scripted_run)
+    linked = re.findall(r"!\[[^\]]+\]\((plots/[^)]+\.png)\)", body)
+    assert len(linked) == 5
+    for name in ("turns_per_episode", "tool_calls_per_episode", "domains", "judge_scores",
+                 "failure_reasons"):
+        assert f"plots/{name}.png" in linked
+    from PIL import Image
+
+    for relative in linked:
+        path = scripted_run / relative
+        assert path.read_bytes().startswith(PNG)
+        with Image.open(path) as image:
+            assert image.size[0] >= 300 and image.size[1] >= 100
+
+
+def test_card_configs_load_with_datasets(scripted_run: Path) -> None:
+    manifest = json.loads((scripted_run / "manifest.json").read_text())
+    sft = load_dataset(str(scripted_run), "sft", split="train")
+    assert len(sft) == manifest["counts"]["sft"]
+    rejected = load_dataset(str(scripted_run), "rejected", split="train")
+    assert len(rejected) == manifest["counts"]["rejected"]
+    assert "failed_checks" in rejected.column_names
+
+
+def test_card_of_an_empty_run_has_no_plots(scripted_run: Path, tmp_path: Path) -> None:
+    manifest = json.loads((scripted_run / "manifest.json").read_text())
+    manifest["counts"] = {k: 0 for k in manifest["counts"]}
+    manifest["tokens"] = {}
+    manifest["judge"] = {"judged": 0, "passed": 0, "pass_rate": None}
+    empty = tmp_path / "empty"
+    (empty / "sft").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([], schema=arrow.SFT_SCHEMA), empty / "sft" / "p.parquet")
+    write_card(empty, manifest)
+    meta, body = card(empty)
+    assert "Nothing to plot" in body and "No model requests" in body
+    assert "judge pass rate: n/a" in body and "configs" in meta
+    assert not (empty / "plots").exists()
+
+
+# stats ----------------------------------------------------------------------------------------
+
+
+def test_stats_prints_the_numbers_of_the_card(scripted_run: Path) -> None:
+    numbers = run_stats(scripted_run)
+    _, body = card(scripted_run)
+    result = runner.invoke(app, ["stats", str(scripted_run)])
+    assert result.exit_code == 0, result.output
+    table = result.output
+    assert numbers["fingerprint"] in table and numbers["fingerprint"] in body
+    assert pct(numbers["judge"]["pass_rate"]) in table
+    for folder, count in numbers["counts"].items():
+        assert re.search(rf"│ {folder} +│ +{count} │", table), folder
+    assert str(numbers["tokens"]["prompt"]) in table and str(numbers["tokens"]["prompt"]) in body
+    assert str(numbers["episodes"]["mean_tool_calls"]) in table
+    assert str(numbers["episodes"]["mean_tool_calls"]) in body
+
+    as_json = runner.invoke(app, ["stats", str(scripted_run), "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    parsed = json.loads(as_json.output)
+    assert parsed["counts"] == numbers["counts"] and parsed["judge"] == numbers["judge"]
+    # The judge's numbers agree with the rows on disk.
+    sft_rows, rejected_rows = (read_rows(scripted_run / f) for f in ("sft", "rejected"))
+    assert parsed["judge"]["passed"] == len(sft_rows)
+    assert parsed["judge"]["judged"] == len(sft_rows) + len(rejected_rows)
+    assert sum(parsed["failure_reasons"].values()) >= len(rejected_rows)
+
+
+def test_stats_needs_a_run_folder(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["stats", str(tmp_path)])
+    assert result.exit_code == 2 and "manifest.json" in result.output
+
+
+# sample ---------------------------------------------------------------------------------------
+
+
+def shown_ids(output: str) -> set[str]:
+    return set(re.findall(r"traj_[0-9a-f]{16}", output))
+
+
+def test_sample_filters_by_verdict_domain_and_score(scripted_run: Path) -> None:
+    sft = read_rows(scripted_run / "sft")
+    rejected = read_rows(scripted_run / "rejected")
+    everything = sft + rejected
+
+    passed = runner.invoke(app, ["sample", str(scripted_run), "--passed", "-n", "100"])
+    assert passed.exit_code == 0, passed.output
+    assert shown_ids(passed.output) == {r["id"] for r in sft}
+
+    failed = runner.invoke(app, ["sample", str(scripted_run), "--rejected", "-n", "100"])
+    assert shown_ids(failed.output) == {r["id"] for r in rejected}
+    assert "rejected:" in failed.output
+
+    domain = rejected[0]["domain"]
+    by_domain = runner.invoke(app, ["sample", str(scripted_run), "--domain", domain, "-n", "100"])
+    assert shown_ids(by_domain.output) == {r["id"] for r in everything if r["domain"] == domain}
+
+    good = runner.invoke(app, ["sample", str(scripted_run), "--min-score", "0.75", "-n", "100"])
+    expected = {r["id"] for r in everything if r["judge_score"] >= 0.75}
+    assert expected and shown_ids(good.output) == expected
+    assert f"of {len(expected)} rows matching --min-score 0.75" in good.output
+
+    none = runner.invoke(app, ["sample", str(scripted_run), "--domain", "atlantis"])
+    assert none.exit_code == 1
+    assert f"no rows match --domain atlantis (of {len(everything)} rows)" in " ".join(
+        none.output.split()
+    )
+
+
+def test_sample_with_a_seed_is_repeatable(scripted_run: Path) -> None:
+    first = runner.invoke(app, ["sample", str(scripted_run), "-n", "3", "--seed", "7"])
+    second = runner.invoke(app, ["sample", str(scripted_run), "-n", "3", "--seed", "7"])
+    assert first.exit_code == 0 and first.output == second.output
+    assert len(shown_ids(first.output)) == 3
+
+
+def trajectory(domain: str, tool_answer: str, user: str) -> Trajectory:
+    call = ToolCall(id="call_1", function=FunctionCall(name="get_weather", arguments="{}"))
+    return Trajectory(
+        task_id=f"task_{user}", agent_id="agent_1", persona_id="persona_1", domain=domain,
+        messages=[
+            Message(role="system", content="You are a weather assistant."),
+            Message(role="user", content=user),
+            Message(role="assistant", tool_calls=[call]),
+            Message(role="tool", tool_call_id="call_1", name="get_weather", content=tool_answer),
+            Message(role="assistant", content="Done."),
+        ],
+        tools=[], end_reason="agent_final", turns=1,
+    )
+
+
+def write_run(folder: Path, sft: list[Trajectory], rejected: list[Trajectory]) -> None:
+    (folder / "sft").mkdir(parents=True)
+    (folder / "rejected").mkdir()
+    sft_rows = [arrow.sft_row(t, Judgement(trajectory_id=t.id, passed=True, score=0.8))
+                for t in sft]
+    pq.write_table(pa.Table.from_pylist(sft_rows, schema=arrow.SFT_SCHEMA),
+                   folder / "sft" / "part-00000-of-00001.parquet")
+    from schemas.records import RejectedTrajectory
+
+    rejected_rows = [
+        arrow.rejected_row(RejectedTrajectory(
+            trajectory=t,
+            judgement=Judgement(trajectory_id=t.id, passed=False, failed_checks=["tool_error"]),
+        ))
+        for t in rejected
+    ]
+    pq.write_table(pa.Table.from_pylist(rejected_rows, schema=arrow.REJECTED_SCHEMA),
+                   folder / "rejected" / "part-00000-of-00001.parquet")
+
+
+def test_sample_has_error_finds_tool_errors(tmp_path: Path) -> None:
+    error = json.dumps({"error": {"code": 400, "type": "invalid_arguments", "message": "city"}})
+    broken = trajectory("weather", error, "Weather in Oslo?")
+    fine = trajectory("weather", '{"t": 3}', "Weather in Rome?")
+    write_run(tmp_path / "run", sft=[fine], rejected=[broken])
+    result = runner.invoke(app, ["sample", str(tmp_path / "run"), "--has-error", "-n", "5"])
+    assert result.exit_code == 0, result.output
+    assert shown_ids(result.output) == {broken.id}
+    assert "check: tool_error" in result.output
+    clean = runner.invoke(app, ["sample", str(tmp_path / "run"), "--passed", "--has-error"])
+    flat = " ".join(clean.output.split())
+    assert clean.exit_code == 1 and "no rows match --passed --has-error" in flat
+    assert "1 rejected trajectory is in" in flat
+
+
+def test_sample_of_an_empty_sft_points_at_rejected(tmp_path: Path) -> None:
+    rejected = [trajectory("weather", '{"t": 3}', f"question {i}") for i in range(2)]
+    write_run(tmp_path / "run", sft=[], rejected=rejected)
+    for args in (["sample", str(tmp_path / "run" / "sft")],
+                 ["sample", str(tmp_path / "run"), "--passed"]):
+        result = runner.invoke(app, args)
+        flat = " ".join(result.output.split())
+        assert result.exit_code == 1, result.output
+        assert "no rows" in flat and "2 rejected trajectories are in" in flat
+    both = runner.invoke(app, ["sample", str(tmp_path / "run"), "-n", "5"])
+    assert both.exit_code == 0 and shown_ids(both.output) == {t.id for t in rejected}
+
+
+@pytest.mark.parametrize("flag", ["--passed", "--rejected"])
+def test_sample_verdict_filters_on_a_plain_folder(scripted_run: Path, flag: str) -> None:
+    """On sft/ itself, --passed keeps everything and --rejected nothing (and says so)."""
+    result = runner.invoke(app, ["sample", str(scripted_run / "sft"), flag, "-n", "100"])
+    if flag == "--passed":
+        assert shown_ids(result.output) == {r["id"] for r in read_rows(scripted_run / "sft")}
+    else:
+        assert result.exit_code == 1
+        assert "no rows match --rejected" in " ".join(result.output.split())
+
+
+def test_rejection_reasons_group_by_check_and_plot_cleanly(tmp_path: Path) -> None:
+    import warnings
+
+    from pipelines.card import write_plots
+    from pipelines.stats import rejection_reasons
+
+    check = "repeated_call: 'search' called 7 times with {\"city\": \"New York\", \"max\": 1}"
+    assert rejection_reasons([check]) == ["check: repeated_call"]
+    assert rejection_reasons([check], detail=True) == [f"check: {check}"]
+    assert rejection_reasons([]) == ["judge: score below threshold"]
+    stats = {
+        "series": {"turns": [1], "tool_calls": [7], "scores_passed": [], "scores_rejected": [0.0]},
+        "domains": {"real_estate_and_property_management_services": 1},
+        "judge": {"threshold": 0.5},
+        "failure_reasons": {f"check: {'x' * 90}": 1, "judge: score below threshold": 1},
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. matplotlib's "Tight layout not applied"
+        made = write_plots(tmp_path, stats)
+    assert len(made) == 5
+    assert all((tmp_path / path).read_bytes().startswith(PNG) for path in made.values())
