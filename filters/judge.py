@@ -13,6 +13,7 @@ criterion scored 0: a high mean must not hide one criterion the agent ignored en
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +79,9 @@ class JudgeResult:
     prompt_tokens: int
     completion_tokens: int
     requests: int
+    retries: int = 0
+    wait_s: float = 0.0
+    """Time spent waiting on the judge model, over all attempts."""
 
 
 def response_schema(n_criteria: int) -> dict[str, Any]:
@@ -223,10 +227,12 @@ async def judge(
     messages = judge_messages(trajectory, task)
     base = sampling or Sampling(temperature=0.0, max_tokens=64 * len(criteria) + 32)
     seed = _base_seed(trajectory, sampling)
-    prompt_tokens = completion_tokens = requests = 0
+    prompt_tokens = completion_tokens = requests = retries = 0
+    wait_s = 0.0
     raw, problem = "", "no attempt made"
     for attempt in range(max(1, max_attempts)):
         requests += 1
+        started = time.perf_counter()
         try:
             completion = await model.complete(
                 messages,
@@ -234,10 +240,13 @@ async def judge(
                 sampling=_attempt_sampling(base, seed, attempt),
             )
         except ModelOutputError as exc:
+            wait_s += time.perf_counter() - started
             raw, problem = exc.raw_output, str(exc)
             continue
+        wait_s += time.perf_counter() - started
         prompt_tokens += completion.prompt_tokens
         completion_tokens += completion.completion_tokens
+        retries += completion.retries
         raw = completion.text
         answer = completion.parsed
         if answer is None:
@@ -251,7 +260,9 @@ async def judge(
             problem = f"answer breaks the schema at '{error.json_path}': {error.message}"
             continue
         judgement = _verdict(trajectory, criteria, answer, model.name, pass_threshold)
-        return JudgeResult(judgement, prompt_tokens, completion_tokens, requests)
+        return JudgeResult(
+            judgement, prompt_tokens, completion_tokens, requests, retries, round(wait_s, 4)
+        )
     raise JudgeError(
         f"{model.name}: no valid verdict for {trajectory.id} in {requests} attempts; "
         f"last: {problem}",

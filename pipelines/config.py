@@ -60,7 +60,16 @@ class RunConfig(BaseModel):
     judge: JudgeConfig = JudgeConfig()
     synthesis: Sampling = Sampling(temperature=0.8, max_tokens=320)
     attempts: int = Field(default=3, ge=1, description="Tries per synthesized agent or task.")
-    batch_size: int = Field(default=64, ge=1, description="Episodes per worker batch.")
+    batch_size: int = Field(
+        default=64, ge=1, description="Tasks handed to a worker at a time (a unit of delivery)."
+    )
+    in_flight: int = Field(
+        default=512,
+        ge=1,
+        description="Episodes (and agents, tasks, judgements) in flight per worker process, "
+        "a new one starting as soon as any ends. An episode waits on one request at a time, "
+        "so this is also what can keep each model's max_in_flight requests busy.",
+    )
 
     def fingerprint(self) -> str:
         body = self.model_dump(mode="json", exclude={"out"})

@@ -1,4 +1,7 @@
-"""The run manifest: config, fingerprint, counts per stage, tokens per role, timings.
+"""The run manifest: config, fingerprint, counts per stage, tokens per role and per model, timings.
+
+Per role and per model: prompt and completion tokens, requests, transport retries, and seconds
+spent waiting on the model (summed over requests, which overlap, so it can exceed the wall time).
 
 Counts are read back from the Parquet that landed, not from what the pipeline meant to write, so
 the manifest is the truth about the folder it sits in; reconciliation is checked here.
@@ -32,8 +35,12 @@ def _column(folder: Path, name: str) -> list[Any]:
     return values
 
 
-def _metrics(result: Any) -> tuple[dict[str, dict[str, int]], dict[str, float]]:
-    tokens: dict[str, dict[str, int]] = {}
+TOKEN_FIELDS = ("prompt", "completion", "requests", "retries", "wait_s")
+
+
+def _metrics(result: Any) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """Per-role token, request, retry and model-wait totals, and busy seconds per stage."""
+    tokens: dict[str, dict[str, Any]] = {}
     busy: dict[str, float] = {}
     if result is None:
         return tokens, busy
@@ -46,11 +53,29 @@ def _metrics(result: Any) -> tuple[dict[str, dict[str, int]], dict[str, float]]:
         value = counter.committed if counter.committed is not None else counter.attempted
         if namespace == "tokens":
             role, _, kind = name.partition(".")
-            tokens.setdefault(role, {"prompt": 0, "completion": 0, "requests": 0})
-            tokens[role][kind] = tokens[role].get(kind, 0) + int(value or 0)
+            entry = tokens.setdefault(role, dict.fromkeys(TOKEN_FIELDS, 0))
+            if kind == "wait_ms":
+                entry["wait_s"] = round(entry["wait_s"] + int(value or 0) / 1000.0, 1)
+            else:
+                entry[kind] = entry.get(kind, 0) + int(value or 0)
         elif namespace == "time_ms":
             busy[name] = busy.get(name, 0.0) + (value or 0) / 1000.0
     return tokens, busy
+
+
+def tokens_by_model(
+    tokens: dict[str, dict[str, Any]], models: dict[str, str]
+) -> dict[str, dict[str, Any]]:
+    """Role totals summed per model (roles that share a model share its row)."""
+    out: dict[str, dict[str, Any]] = {}
+    for role, counts in sorted(tokens.items()):
+        name = models.get(role, role)
+        entry = out.setdefault(name, {**dict.fromkeys(TOKEN_FIELDS, 0), "roles": []})
+        for key in TOKEN_FIELDS:
+            entry[key] += counts.get(key, 0)
+        entry["wait_s"] = round(entry["wait_s"], 1)
+        entry["roles"].append(role)
+    return out
 
 
 def _iso(timestamp: float) -> str:
@@ -70,6 +95,7 @@ def build_manifest(
         )
     )
     tokens, busy = _metrics(result)
+    models = {role: getattr(config.models, role).display_name() for role in ROLES}
     planned_agents = math.ceil(config.episodes / config.tasks_per_agent)
     episode_failures = sum(failure_stages.get(s, 0) for s in EPISODE_STAGES)
     judged = counts["sft"] + counts["rejected"]
@@ -101,8 +127,9 @@ def build_manifest(
             "pass_rate": round(counts["sft"] / judged, 4) if judged else None,
         },
         "end_reasons": dict(sorted(Counter(_column(out / "trajectories", "end_reason")).items())),
-        "models": {role: getattr(config.models, role).display_name() for role in ROLES},
+        "models": models,
         "tokens": dict(sorted(tokens.items())),
+        "tokens_by_model": tokens_by_model(tokens, models),
         "timings": {
             "wall_seconds": round(finished_at - started_at, 1),
             "stage_busy_seconds": {k: round(v, 1) for k, v in sorted(busy.items())},

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import queue
 import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
@@ -47,12 +48,56 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return submit(coro).result()
 
 
-def as_completed(
-    coros: list[Coroutine[Any, Any, T]],
-) -> Iterator[concurrent.futures.Future[T]]:
-    """Start all `coros` at once and yield their futures in the order they finish."""
-    futures = [submit(c) for c in coros]
-    yield from concurrent.futures.as_completed(futures)
+class Window:
+    """A rolling window of coroutines on the background loop: at most `limit` at once.
+
+    A new coroutine starts as soon as any running one ends, so there is no batch barrier: one slow
+    episode holds one slot, not its whole batch. Finished futures are handed back through a
+    queue, in the order they finish, to the thread that submitted them (a DoFn thread, where Beam
+    counts metrics). A queue rather than `concurrent.futures.wait`, whose cost grows with the
+    number of pending futures on every call.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self._running: set[concurrent.futures.Future[Any]] = set()
+        self._finished: queue.SimpleQueue[concurrent.futures.Future[Any]] = queue.SimpleQueue()
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    def full(self) -> bool:
+        return len(self._running) >= self.limit
+
+    def submit(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Start `coro` now; the caller keeps the window under its limit (see `full`)."""
+        future = submit(coro)
+        self._running.add(future)
+        future.add_done_callback(self._finished.put)
+
+    def finished(
+        self, block: bool = False, timeout: float | None = None
+    ) -> Iterator[concurrent.futures.Future[Any]]:
+        """Futures that have finished; with `block`, wait for at least one when any is running
+        (up to `timeout` seconds)."""
+        while self._running:
+            try:
+                future = self._finished.get(block=block, timeout=timeout if block else None)
+            except queue.Empty:
+                return
+            self._running.discard(future)
+            block = False
+            yield future
+
+    def cancel(self) -> None:
+        """Cancel every running coroutine; `drain` then yields them as cancelled."""
+        for future in list(self._running):
+            future.cancel()
+
+    def drain(self) -> Iterator[concurrent.futures.Future[Any]]:
+        """Every remaining future, in the order they finish."""
+        while self._running:
+            yield from self.finished(block=True)
 
 
 def model(config: ModelConfig) -> ChatModel:

@@ -80,7 +80,7 @@ class _ComposeAgentFn(AsyncBatchFn):
     stage = "agents"
 
     def __init__(self, config: RunConfig, total: int) -> None:
-        super().__init__(total)
+        super().__init__(total, config.in_flight)
         self.config = config
 
     def process(self, batch: Iterable[int], pool: list[ToolSpec]) -> Iterator[Any]:  # type: ignore[override]
@@ -124,7 +124,7 @@ class _WriteTaskFn(AsyncBatchFn):
     stage = "tasks"
 
     def __init__(self, config: RunConfig) -> None:
-        super().__init__(config.episodes)
+        super().__init__(config.episodes, config.in_flight)
         self.config = config
 
     async def handle(self, element: tuple[int, AgentSpec]) -> Handled:
@@ -188,7 +188,7 @@ class _EpisodeFn(AsyncBatchFn):
     stage = "episodes"
 
     def __init__(self, config: RunConfig) -> None:
-        super().__init__(config.episodes)
+        super().__init__(config.episodes, config.in_flight)
         self.config = config
 
     async def handle(self, element: tuple[Task, AgentSpec]) -> Handled:
@@ -215,7 +215,11 @@ class _EpisodeFn(AsyncBatchFn):
 
 
 class RunEpisodes(beam.PTransform):
-    """(Task, AgentSpec) -> Trajectories, run concurrently in batches, plus Failures."""
+    """(Task, AgentSpec) -> Trajectories, plus Failures.
+
+    Tasks arrive in batches; up to `config.in_flight` episodes run at once per worker, a new one
+    starting whenever another ends, each emitted as soon as it ends.
+    """
 
     def __init__(self, config: RunConfig) -> None:
         super().__init__()
@@ -235,7 +239,7 @@ class _JudgeFn(AsyncBatchFn):
     stage = "judge"
 
     def __init__(self, config: RunConfig) -> None:
-        super().__init__(config.episodes)
+        super().__init__(config.episodes, config.in_flight)
         self.config = config
 
     async def handle(self, element: tuple[Trajectory, Task]) -> Handled:
@@ -260,6 +264,8 @@ class _JudgeFn(AsyncBatchFn):
                 prompt=result.prompt_tokens,
                 completion=result.completion_tokens,
                 requests=result.requests,
+                retries=result.retries,
+                wait_s=result.wait_s,
             )
             judgement = result.judgement
         if judgement.passed:

@@ -183,11 +183,19 @@ class TokenCount(BaseModel):
     prompt: int = 0
     completion: int = 0
     requests: int = 0
+    retries: int = 0
+    """Extra transport attempts (429, 5xx, dropped connections) the requests needed."""
+    wait_s: float = 0.0
+    """Time spent waiting on the model, summed over requests (they overlap across episodes)."""
 
-    def add(self, prompt: int, completion: int) -> None:
+    def add(
+        self, prompt: int, completion: int, retries: int = 0, wait_s: float = 0.0
+    ) -> None:
         self.prompt += prompt
         self.completion += completion
         self.requests += 1
+        self.retries += retries
+        self.wait_s = round(self.wait_s + wait_s, 4)
 
 
 class Trajectory(Record):

@@ -7,6 +7,7 @@ episode can become a Failure that shows what the model said.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,7 @@ import jsonschema
 from jsonschema.validators import validator_for
 
 from schemas.records import Message, TokenCount
-from simulators.llm.base import ChatModel, Completion, ModelOutputError, Sampling
+from simulators.llm.base import ChatModel, Completion, ModelError, ModelOutputError, Sampling
 
 Usage = dict[str, TokenCount]
 
@@ -27,8 +28,10 @@ class RoleOutputError(ModelOutputError):
         self.role = role
 
 
-def count(usage: Usage, role: str, completion: Completion) -> None:
-    usage.setdefault(role, TokenCount()).add(completion.prompt_tokens, completion.completion_tokens)
+def count(usage: Usage, role: str, completion: Completion, wait_s: float = 0.0) -> None:
+    usage.setdefault(role, TokenCount()).add(
+        completion.prompt_tokens, completion.completion_tokens, completion.retries, wait_s
+    )
 
 
 def schema_errors(schema: dict[str, Any], value: Any) -> list[str]:
@@ -56,6 +59,7 @@ async def ask(
     last_error, last_raw = "no attempt made", ""
     for attempt in range(max(1, attempts)):
         seed = None if sampling.seed is None else sampling.seed + 7919 * attempt
+        started = time.perf_counter()
         try:
             completion = await model.complete(
                 messages,
@@ -64,10 +68,16 @@ async def ask(
                 sampling=sampling.model_copy(update={"seed": seed}),
             )
         except ModelOutputError as exc:
-            usage.setdefault(role, TokenCount()).requests += 1
+            tokens = usage.setdefault(role, TokenCount())
+            tokens.requests += 1
+            tokens.wait_s = round(tokens.wait_s + time.perf_counter() - started, 4)
             last_error, last_raw = str(exc), exc.raw_output
             continue
-        count(usage, role, completion)
+        except ModelError:
+            tokens = usage.setdefault(role, TokenCount())
+            tokens.wait_s = round(tokens.wait_s + time.perf_counter() - started, 4)
+            raise
+        count(usage, role, completion, time.perf_counter() - started)
         problem = None
         if schema is not None:
             errors = schema_errors(schema, completion.parsed)

@@ -36,6 +36,8 @@ class Completion:
     model: str = ""
     parsed: Any = None
     """The decoded JSON value when the request asked for a response schema or tool calls."""
+    retries: int = 0
+    """Extra transport attempts this answer took (429, 5xx, dropped connections)."""
 
 
 class ModelError(RuntimeError):
@@ -81,6 +83,7 @@ class RawCompletion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    retries: int = 0
 
 
 class ConstrainedChatModel(ChatModel):
@@ -129,6 +132,7 @@ class ConstrainedChatModel(ChatModel):
             completion_tokens=raw.completion_tokens,
             finish_reason=raw.finish_reason,
             model=self.name,
+            retries=raw.retries,
         )
         if raw.finish_reason == "length" and schema is not None:
             raise ModelOutputError(

@@ -80,7 +80,9 @@ def agent_output_schema(
 
 
 def _arguments_schema(parameters: dict[str, Any] | None) -> dict[str, Any]:
-    schema = copy.deepcopy(parameters) if parameters else {"type": "object", "properties": {}}
+    # A shallow copy: only top-level keys change, and nothing downstream mutates a schema. A deep
+    # copy of every tool's parameters on every agent request was the episode loop's largest cost.
+    schema = dict(parameters) if parameters else {"type": "object", "properties": {}}
     schema.pop("$schema", None)
     schema.pop("$id", None)
     if "type" not in schema:
