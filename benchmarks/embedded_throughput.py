@@ -2,12 +2,14 @@
 
 Real episodes (`simulators.episode.run_episode`: user, agent and tool simulator on the embedded
 SmolLM2 through `VLLMChatModel`, constrained JSON) run on the pipeline's background loop, kept in
-flight by the same rolling window the episode stage uses. Each phase runs for a fixed wall budget
-after a warm-up (engine start, grammar compilation and the first prefills are not measured) and
-counts the completion tokens of the generations that finished inside it; a generation spans many
-seconds when 64 share the engine, so the concurrent phase is measured longer.
+flight by the same rolling window the episode stage uses (`pipelines.runtime.Window`). Each phase
+runs for a fixed wall budget after a warm-up (engine start, grammar compilation and the first
+prefills are not measured) and counts, inside the budget, every token the engine generated (from
+vLLM's per-step statistics) and, beside it, the tokens of the answers that ended.
 
-    python -m benchmarks.embedded_throughput [--seconds 60] [--in-flight 64]
+    python -m benchmarks.embedded_throughput [--seconds 60] [--in-flight 64] [--log-stats]
+
+About five minutes: ~30 s engine start, 75 s one at a time, 180 s with episodes in flight.
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="measured, one at a time")
     parser.add_argument("--warmup", type=float, default=15.0, help="unmeasured, one at a time")
     parser.add_argument("--concurrent-seconds", type=float, default=120.0, help="measured")
-    parser.add_argument("--concurrent-warmup", type=float, default=45.0, help="unmeasured")
+    parser.add_argument("--concurrent-warmup", type=float, default=60.0, help="unmeasured")
     parser.add_argument("--in-flight", type=int, default=64, help="episodes in flight")
     parser.add_argument("--max-num-seqs", type=int, default=64, help="engine batch limit")
     parser.add_argument("--agents", type=int, default=16, help="distinct agents (tool sets)")

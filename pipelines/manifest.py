@@ -16,23 +16,15 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from pipelines.config import ROLES, RunConfig
-from pipelines.parquet_io import OUTPUT_FOLDERS, count_rows, parquet_files
+from pipelines.parquet_io import OUTPUT_FOLDERS, count_rows, read_column
 
 EPISODE_STAGES = ("episodes", "judge")
 
 
 def _column(folder: Path, name: str) -> list[Any]:
-    values: list[Any] = []
-    try:
-        files = parquet_files(folder)
-    except FileNotFoundError:
-        return values
-    for file in files:
-        values.extend(pq.read_table(file, columns=[name]).column(name).to_pylist())
-    return values
+    """Through Beam-aware readers, so a `gs://` run folder works as a local one does."""
+    return read_column(folder, name)
 
 
 TOKEN_FIELDS = ("prompt", "completion", "requests", "retries", "wait_s")
