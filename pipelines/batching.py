@@ -54,7 +54,8 @@ class Progress:
 
     def note(self, text: str) -> None:
         """A progress line that counts nothing."""
-        print(f"[{time.monotonic() - _started:6.0f}s] {self.stage:<9} {text}", file=sys.stderr)
+        line = f"[{time.monotonic() - _started:6.0f}s] {self.stage:<9} {text}"
+        print(line, file=sys.stderr, flush=True)
 
     def report(self, note: str, tokens: int = 0) -> str:
         """Count one finished element that produced `tokens` completion tokens, and print it."""
@@ -96,7 +97,7 @@ def count_tokens(usage: dict[str, TokenCount]) -> int:
         if tokens.retries:
             Metrics.counter("tokens", f"{role}.retries").inc(tokens.retries)
         if tokens.wait_s:
-            Metrics.counter("tokens", f"{role}.wait_ms").inc(int(tokens.wait_s * 1000))
+            Metrics.counter("tokens", f"{role}.wait_us").inc(round(tokens.wait_s * 1e6))
         completion += tokens.completion
     return completion
 

@@ -46,8 +46,8 @@ def _metrics(result: Any) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
         if namespace == "tokens":
             role, _, kind = name.partition(".")
             entry = tokens.setdefault(role, dict.fromkeys(TOKEN_FIELDS, 0))
-            if kind == "wait_ms":
-                entry["wait_s"] = round(entry["wait_s"] + int(value or 0) / 1000.0, 1)
+            if kind == "wait_us":
+                entry["wait_s"] = round(entry["wait_s"] + int(value or 0) / 1e6, 3)
             else:
                 entry[kind] = entry.get(kind, 0) + int(value or 0)
         elif namespace == "time_ms":
@@ -65,7 +65,7 @@ def tokens_by_model(
         entry = out.setdefault(name, {**dict.fromkeys(TOKEN_FIELDS, 0), "roles": []})
         for key in TOKEN_FIELDS:
             entry[key] += counts.get(key, 0)
-        entry["wait_s"] = round(entry["wait_s"], 1)
+        entry["wait_s"] = round(entry["wait_s"], 3)
         entry["roles"].append(role)
     return out
 

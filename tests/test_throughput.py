@@ -143,12 +143,12 @@ def test_a_batch_of_episodes_runs_in_about_one_episodes_time() -> None:
 
 
 def test_a_slow_episode_does_not_hold_back_the_rest_of_its_batch() -> None:
-    model = TimedModel(lambda messages: 1.5 if is_slow(messages) else 0.02)
+    model = TimedModel(lambda messages: 2.0 if is_slow(messages) else 0.02)
     run_stage(pairs(10, slow=3), model, batch_size=64)
     order = [task_id for _, task_id in emitted]
     assert order[-1] == "t3" and sorted(order) == sorted(f"t{i}" for i in range(10))
     slow_at = emitted[-1][0]
-    assert all(slow_at - at > 2.0 for at, _ in emitted[:-1])  # the others left 2 s earlier
+    assert all(slow_at - at > 2.0 for at, _ in emitted[:-1])  # the others left >= 2 s earlier
 
 
 def test_episodes_in_flight_are_bounded_and_refilled_across_batches() -> None:

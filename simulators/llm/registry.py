@@ -121,5 +121,5 @@ def _create(config: ModelConfig) -> ChatModel:
     if config.backend == "scripted":
         from simulators.llm.scripted import ScriptedModel
 
-        return ScriptedModel(name=config.model)
+        return ScriptedModel(name=config.model, keep=100)
     raise ValueError(f"unknown backend {config.backend!r}")

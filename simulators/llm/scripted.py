@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -46,23 +47,28 @@ class ScriptedModel(ConstrainedChatModel):
         script: Iterable[Answer] | Callable[[ScriptRequest], Answer] | None = None,
         name: str = "scripted",
         seed: int = 0,
+        keep: int | None = None,
     ) -> None:
         self.name = name
         self._responder = script if callable(script) else None
         self._queue = list(script) if script is not None and not callable(script) else None
         self._rng = random.Random(seed)
-        self.requests: list[ScriptRequest] = []
+        self.requests: deque[ScriptRequest] = deque(maxlen=keep)
+        """What it was asked, oldest first; only the last `keep` when `keep` is set, so a long
+        scripted run does not hold every prompt it ever saw."""
+        self.asked = 0
 
     async def generate(
         self, messages: list[dict[str, str]], schema: dict[str, Any] | None, sampling: Sampling
     ) -> RawCompletion:
         request = ScriptRequest(messages=messages, schema=schema, sampling=sampling)
         self.requests.append(request)
+        self.asked += 1
         if self._responder is not None:
             answer = self._responder(request)
         elif self._queue is not None:
             if not self._queue:
-                raise RuntimeError(f"{self.name}: script exhausted after {len(self.requests)}")
+                raise RuntimeError(f"{self.name}: script exhausted after {self.asked}")
             answer = self._queue.pop(0)
         else:
             rng = random.Random(f"{sampling.seed}:{len(messages)}:{self._rng.random()}")
