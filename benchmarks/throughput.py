@@ -492,12 +492,22 @@ def instant_child(episodes: int, inputs: Path, out: Path, sink: str) -> None:
                 "cpu_s": cpu,
                 "wall_s": wall,
                 "requests": sum(t.get("requests", 0) for t in tokens.values()),
-                "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "max_rss_mib": peak_rss_mib(),
                 "turns": dict(turns),
                 **landed(inputs, out),
             }
         )
     )
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory. `/proc/self/status` VmHWM starts afresh at exec;
+    `getrusage`'s ru_maxrss does not (Linux keeps it across fork and exec, so a child would
+    report its parent's peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def instant(args: argparse.Namespace, work: Path) -> None:
