@@ -79,6 +79,41 @@ STATUS = ToolSpec(
 TOOLS = [SEARCH, BOOK, STATUS]
 
 
+# Two tools in OpenAI function form, for the model backends' own tests.
+OPENAI_TOOLS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather for a city.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string"},
+                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                },
+                "required": ["city"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "book_table",
+            "description": "Book a restaurant table.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "restaurant": {"type": "string"},
+                    "people": {"type": "integer", "minimum": 1, "maximum": 20},
+                },
+                "required": ["restaurant", "people"],
+            },
+        },
+    },
+]
+
+
 def agent(tools: list[ToolSpec] | None = None) -> AgentSpec:
     tools = tools or TOOLS
     return AgentSpec(

@@ -23,6 +23,7 @@ from simulators.llm.base import ModelError, Sampling
 from simulators.llm.openai_backend import OpenAIChatModel, _retry_after
 from simulators.llm.registry import ModelConfig
 from simulators.llm.scripted import schema_instance
+from tests.helpers import OPENAI_TOOLS as TOOLS
 
 API_KEY = "sk-test-0123456789abcdef"
 
@@ -32,34 +33,6 @@ ANSWER_SCHEMA = {
     "required": ["city", "days"],
     "additionalProperties": False,
 }
-
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather in a city.",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "book_table",
-            "description": "Book a restaurant table.",
-            "parameters": {
-                "type": "object",
-                "properties": {"people": {"type": "integer"}},
-                "required": ["people"],
-            },
-        },
-    },
-]
-
 
 class FirstChoice(random.Random):
     """Picks the first option of every anyOf, so a tool-call schema yields a tool call."""

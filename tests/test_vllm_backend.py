@@ -21,6 +21,7 @@ from schemas.records import Message
 from simulators.llm import embedded
 from simulators.llm.base import ModelError, ModelOutputError, Sampling
 from simulators.llm.registry import ModelConfig
+from tests.helpers import OPENAI_TOOLS as TOOLS
 
 pytestmark = pytest.mark.e2e
 
@@ -29,38 +30,6 @@ if importlib.util.find_spec("vllm") is None or importlib.util.find_spec("llm_smo
 
 from simulators.llm.vllm_backend import VLLMChatModel, xgrammar_schema_problems  # noqa: E402
 
-TOOLS: list[dict[str, Any]] = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather for a city.",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "city": {"type": "string"},
-                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-                },
-                "required": ["city"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "book_table",
-            "description": "Book a restaurant table.",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "restaurant": {"type": "string"},
-                    "people": {"type": "integer", "minimum": 1, "maximum": 20},
-                },
-                "required": ["restaurant", "people"],
-            },
-        },
-    },
-]
 QUESTIONS = [
     "What's the weather in Paris?",
     "Book a table for 4 at Luigi's.",
