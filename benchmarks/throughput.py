@@ -12,7 +12,7 @@ tasks read from Parquet, trajectories and failures written to Parquet) and print
    at set rates: the retries it took, and tasks in = trajectories + failures, none lost or twice.
 3. instant: a backend that answers at once (schema-valid values, episodes of exactly 6 user
    turns): CPU milliseconds per episode and per request, and peak memory (max RSS) of a fresh
-   process at 1,000 and 10,000 episodes, with the mill's Parquet sink and with a streaming one.
+   process at 1,000 and 10,000 episodes (records stream to Parquet as bundles finish).
 
     python -m benchmarks.throughput                      # everything, about 7 minutes
     python -m benchmarks.throughput --only capacity      # or faults / instant
@@ -118,34 +118,6 @@ def make_inputs(folder: Path, episodes: int, agents: int = AGENTS, seed: int = 0
 # -- the episode stage -------------------------------------------------------------------------
 
 
-class StreamRecords(beam.PTransform):
-    """Records -> Parquet as they arrive: each bundle writes its own file in small row groups.
-
-    `pipelines.parquet_io.WriteRecords` asks Beam for exactly one file (`num_shards=1`), which
-    puts a GroupByKey before the write: the runner holds every row in memory until the stage
-    ends. This is the same sink without that (and with row groups of ~8 MiB, not 64).
-    """
-
-    def __init__(self, folder: str, schema: Any, to_row: Any) -> None:
-        super().__init__()
-        self.folder, self.schema, self.to_row = folder, schema, to_row
-
-    def expand(self, records: Any) -> Any:
-        return (
-            records
-            | "ToRows" >> beam.Map(self.to_row)
-            | "Write"
-            >> beam.io.WriteToParquet(
-                file_path_prefix=f"{self.folder}/part",
-                schema=self.schema,
-                file_name_suffix=".parquet",
-                shard_name_template="-SSSSS-of-NNNNN",
-                row_group_buffer_size=8 * 1024 * 1024,
-                record_batch_size=100,
-            )
-        )
-
-
 class PairWithAgent(beam.DoFn):
     """Task rows -> (Task, AgentSpec); the few agents are read once per worker."""
 
@@ -169,17 +141,14 @@ class PairWithAgent(beam.DoFn):
         yield task, self.agents[task.agent_id]
 
 
-def run_stage(config: Any, inputs: Path, out: Path, sink: str = "records") -> Any:
-    """tasks.parquet -> RunEpisodes -> trajectories/ and failures/ Parquet, on FnApiRunner.
-
-    `sink`: "records" writes with the mill's `WriteRecords`, "stream" with `StreamRecords`.
-    """
+def run_stage(config: Any, inputs: Path, out: Path) -> Any:
+    """tasks.parquet -> RunEpisodes -> trajectories/ and failures/ Parquet (the mill's own
+    streaming sink, `WriteRecords`), on FnApiRunner."""
     from pipelines.parquet_io import WriteRecords
     from pipelines.run import in_process_pipeline
     from pipelines.stages import RunEpisodes
     from schemas import arrow
 
-    write = StreamRecords if sink == "stream" else WriteRecords
     pipeline = in_process_pipeline()
     played = (
         pipeline
@@ -187,10 +156,10 @@ def run_stage(config: Any, inputs: Path, out: Path, sink: str = "records") -> An
         | "PairWithAgent" >> beam.ParDo(PairWithAgent(str(inputs / "agents.parquet")))
         | "RunEpisodes" >> RunEpisodes(config)
     )
-    _ = played.trajectories | "WriteTrajectories" >> write(
+    _ = played.trajectories | "WriteTrajectories" >> WriteRecords(
         str(out / "trajectories"), arrow.TRAJECTORY_SCHEMA, arrow.to_row
     )
-    _ = played.failures | "WriteFailures" >> write(
+    _ = played.failures | "WriteFailures" >> WriteRecords(
         str(out / "failures"), arrow.FAILURE_SCHEMA, arrow.to_row
     )
     result = pipeline.run()
@@ -313,7 +282,7 @@ def capacity(args: argparse.Namespace, work: Path) -> None:
             server.reset()
             batching.inputs_done.pop("episodes", None)
             cpu, wall = time.process_time(), time.monotonic()
-            run_stage(config, inputs, out, args.sink)
+            run_stage(config, inputs, out)
             cpu, wall = time.process_time() - cpu, time.monotonic() - wall
             client = runtime.model(config.models.agent)
             retries = getattr(client, "retries", 0)
@@ -407,7 +376,7 @@ def faults(args: argparse.Namespace, work: Path) -> None:
     with start_server(cap) as server:
         config = stage_config(episodes, openai_model(server.base_url), args.in_flight)
         started = time.monotonic()
-        result = run_stage(config, inputs, out, args.sink)
+        result = run_stage(config, inputs, out)
         wall = time.monotonic() - started
         client = runtime.model(config.models.agent)
         retries, requests = getattr(client, "retries", 0), getattr(client, "requests", 0)
@@ -468,7 +437,7 @@ def instant_model() -> Any:
     return InstantModel()
 
 
-def instant_child(episodes: int, inputs: Path, out: Path, sink: str) -> None:
+def instant_child(episodes: int, inputs: Path, out: Path) -> None:
     """One measured run in a fresh process; prints a JSON line."""
     from pipelines import runtime
     from pipelines.parquet_io import parquet_files
@@ -478,7 +447,7 @@ def instant_child(episodes: int, inputs: Path, out: Path, sink: str) -> None:
     registry.register(ModelConfig(backend="scripted", model="instant"), instant_model())
     config = stage_config(episodes, {"backend": "scripted", "model": "instant"}, 512)
     cpu, wall = time.process_time(), time.monotonic()
-    result = run_stage(config, inputs, out, sink)
+    result = run_stage(config, inputs, out)
     cpu, wall = time.process_time() - cpu, time.monotonic() - wall
     tokens = token_metrics(result)
     runtime.close_models()
@@ -516,45 +485,43 @@ def instant(args: argparse.Namespace, work: Path) -> None:
         f"{TURNS} user turns, each size in a fresh process"
     )
     print(
-        f"{'sink':<8} {'episodes':>8} {'CPU s':>6} {'wall s':>6} {'requests':>8} "
+        f"{'episodes':>8} {'CPU s':>6} {'wall s':>6} {'requests':>8} "
         f"{'CPU ms/ep':>9} {'CPU ms/req':>10} {'peak RSS MiB':>12} {'lost':>4} {'dup':>4}"
     )
-    peaks: dict[str, list[float]] = {}
-    for sink in args.sinks:
-        for episodes in args.memory_sizes:
-            inputs = work / f"instant-{episodes}-in"
-            if not (inputs / "tasks.parquet").exists():
-                make_inputs(inputs, episodes, seed=episodes)
-            out = work / f"instant-{episodes}-{sink}-out"
-            command = [
-                sys.executable, "-m", "benchmarks.throughput", "--instant-child", str(episodes),
-                "--inputs", str(inputs), "--out", str(out), "--sink", sink,
-            ]
-            env = {**os.environ, "PYTHONPATH": str(ROOT)}
-            done = subprocess.run(
-                command, cwd=ROOT, env=env, capture_output=True, text=True, check=False
-            )
-            if done.returncode != 0:
-                print(done.stderr[-3000:])
-                raise SystemExit(f"instant run of {episodes} episodes failed")
-            data = json.loads(done.stdout.strip().splitlines()[-1])
-            peaks.setdefault(sink, []).append(data["max_rss_mib"])
-            print(
-                f"{sink:<8} {episodes:>8} {data['cpu_s']:>6.1f} {data['wall_s']:>6.1f} "
-                f"{data['requests']:>8} {data['cpu_s'] * 1000 / episodes:>9.2f} "
-                f"{data['cpu_s'] * 1000 / max(data['requests'], 1):>10.3f} "
-                f"{data['max_rss_mib']:>12.0f} {data['lost']:>4} {data['duplicated']:>4}"
-            )
-            if set(data["turns"]) != {str(TURNS)}:
-                print(f"  turns per episode: {data['turns']}")
+    peaks: list[float] = []
+    for episodes in args.memory_sizes:
+        inputs = work / f"instant-{episodes}-in"
+        if not (inputs / "tasks.parquet").exists():
+            make_inputs(inputs, episodes, seed=episodes)
+        out = work / f"instant-{episodes}-out"
+        command = [
+            sys.executable, "-m", "benchmarks.throughput", "--instant-child", str(episodes),
+            "--inputs", str(inputs), "--out", str(out),
+        ]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        done = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            print(done.stderr[-3000:])
+            raise SystemExit(f"instant run of {episodes} episodes failed")
+        data = json.loads(done.stdout.strip().splitlines()[-1])
+        peaks.append(data["max_rss_mib"])
+        print(
+            f"{episodes:>8} {data['cpu_s']:>6.1f} {data['wall_s']:>6.1f} "
+            f"{data['requests']:>8} {data['cpu_s'] * 1000 / episodes:>9.2f} "
+            f"{data['cpu_s'] * 1000 / max(data['requests'], 1):>10.3f} "
+            f"{data['max_rss_mib']:>12.0f} {data['lost']:>4} {data['duplicated']:>4}"
+        )
+        if set(data["turns"]) != {str(TURNS)}:
+            print(f"  turns per episode: {data['turns']}")
     sizes = args.memory_sizes
-    for sink, peak in peaks.items():
-        if len(peak) >= 2 and sizes[-1] > sizes[0]:
-            per = (peak[-1] - peak[0]) * 1024 / (sizes[-1] - sizes[0])
-            print(
-                f"  {sink}: {peak[-1] - peak[0]:+.0f} MiB from {sizes[0]:,} to {sizes[-1]:,} "
-                f"episodes ({per:.1f} KiB per extra episode)"
-            )
+    if len(peaks) >= 2 and sizes[-1] > sizes[0]:
+        per = (peaks[-1] - peaks[0]) * 1024 / (sizes[-1] - sizes[0])
+        print(
+            f"  peak memory {peaks[-1] - peaks[0]:+.0f} MiB from {sizes[0]:,} to {sizes[-1]:,} "
+            f"episodes ({per:.1f} KiB per extra episode)"
+        )
 
 
 def main() -> None:
@@ -569,12 +536,6 @@ def main() -> None:
     parser.add_argument("--skip-bound-c", action="store_true", help="no run with bound = C")
     parser.add_argument("--fault-episodes", type=int, default=600)
     parser.add_argument("--memory-sizes", type=int, nargs="+", default=[1000, 10000])
-    parser.add_argument(
-        "--sinks", nargs="+", choices=["records", "stream"], default=["records", "stream"]
-    )
-    parser.add_argument(
-        "--sink", choices=["records", "stream"], default="records", help="sink of the runs"
-    )
     parser.add_argument("--work", type=Path, help="keep inputs and outputs here")
     parser.add_argument("--instant-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--inputs", type=Path, help=argparse.SUPPRESS)
@@ -582,7 +543,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.instant_child:
-        instant_child(args.instant_child, args.inputs, args.out, args.sink)
+        instant_child(args.instant_child, args.inputs, args.out)
         return
     phases = args.only or ["capacity", "faults", "instant"]
     with tempfile.TemporaryDirectory(prefix="agentmill-bench-") as tmp:

@@ -26,7 +26,14 @@ OUTPUT_FOLDERS = (
 
 
 class WriteRecords(beam.PTransform):
-    """Records -> `<folder>/part-SSSSS-of-NNNNN.parquet` with a fixed Arrow schema."""
+    """Records -> `<folder>/part-SSSSS-of-NNNNN.parquet` with a fixed Arrow schema.
+
+    Rows stream out: each bundle writes its own file in row groups of ~8 MiB. A fixed shard
+    count would put a GroupByKey before the write, and the runner would hold every row of the
+    stage in memory until it ends (measured: 397 -> 965 MiB peak from 1k to 10k episodes, against
+    a flat ~360 MiB streaming). A folder therefore holds one or more part files; readers take
+    the folder.
+    """
 
     def __init__(
         self, folder: str, schema: pa.Schema, to_row: Callable[[Any], dict[str, Any]]
@@ -45,8 +52,9 @@ class WriteRecords(beam.PTransform):
                 file_path_prefix=f"{self.folder.rstrip('/')}/part",
                 schema=self.schema,
                 file_name_suffix=".parquet",
-                num_shards=1,
                 shard_name_template="-SSSSS-of-NNNNN",
+                row_group_buffer_size=8 * 1024 * 1024,
+                record_batch_size=100,
             )
         )
 
