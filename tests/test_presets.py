@@ -182,8 +182,9 @@ def test_native_tool_calls_are_read_by_vllms_parser() -> None:
     pytest.importorskip("vllm")
     from transformers import AutoTokenizer
 
+    from simulators.llm.base import ModelError
     from simulators.llm.embedded import embedded_checkpoint
-    from simulators.llm.vllm_backend import parse_native_tool_calls
+    from simulators.llm.vllm_backend import make_tool_parser, parse_native_tool_calls
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(embedded_checkpoint()))
@@ -193,12 +194,22 @@ def test_native_tool_calls_are_read_by_vllms_parser() -> None:
         "type": "object", "properties": {"city": {"type": "string"}}}}}]
     text = 'Let me check.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n' \
         "</tool_call>"
-    content, calls, decoded = parse_native_tool_calls(tokenizer, "hermes", text, tools, "s:1")
+    hermes = make_tool_parser(tokenizer, "hermes")
+    content, calls, decoded = parse_native_tool_calls(hermes, text, tools, "s:1")
     assert [c.function.name for c in calls] == ["get_weather"]
     assert json.loads(calls[0].function.arguments) == {"city": "Oslo"}
     assert decoded == [{"name": "get_weather", "arguments": {"city": "Oslo"}}]
     assert content == "Let me check."
-    again = parse_native_tool_calls(tokenizer, "hermes", text, tools, "s:1")[1]
+    again = parse_native_tool_calls(hermes, text, tools, "s:1")[1]
     assert again[0].id == calls[0].id  # ids are deterministic, so reruns match
-    content, calls, _ = parse_native_tool_calls(tokenizer, "hermes", "Hello!", tools, "s:2")
+    content, calls, _ = parse_native_tool_calls(hermes, "Hello!", tools, "s:2")
     assert calls == [] and content == "Hello!"
+    with pytest.raises(ModelError, match="unknown vLLM tool parser 'nope'"):
+        make_tool_parser(tokenizer, "nope")
+    # Earlier turns' calls reach the chat template with their arguments as objects.
+    from schemas.records import FunctionCall, Message, ToolCall
+    from simulators.llm.vllm_backend import _template_message
+
+    turn = Message(role="assistant", content="", tool_calls=[ToolCall(
+        id="c1", function=FunctionCall(name="get_weather", arguments='{"city": "Oslo"}'))])
+    assert _template_message(turn)["tool_calls"][0]["function"]["arguments"] == {"city": "Oslo"}

@@ -43,6 +43,7 @@ class VLLMChatModel(ConstrainedChatModel):
         self.bound_strings, self.bound_items = config.generation_bounds()
         self._engine: AsyncLLM | None = None
         self._tokenizer: Any = None
+        self._tool_parser: Any = None
         self._closed = False
         # Created unbound: asyncio primitives attach to the loop that first waits on them.
         self._start_lock = asyncio.Lock()
@@ -71,9 +72,9 @@ class VLLMChatModel(ConstrainedChatModel):
                 f"{self.name}: answer truncated at {sampling.max_tokens}", raw.text
             )
         salt = f"{len(messages)}:{sampling.seed}"
-        content, calls, decoded = parse_native_tool_calls(
-            self._tokenizer, str(self.config.tool_call_parser), raw.text, tools, salt
-        )
+        if self._tool_parser is None:
+            self._tool_parser = make_tool_parser(self._tokenizer, str(self.config.tool_call_parser))
+        content, calls, decoded = parse_native_tool_calls(self._tool_parser, raw.text, tools, salt)
         return Completion(
             text=content,
             tool_calls=calls,
@@ -233,25 +234,31 @@ def _template_message(message: Message) -> dict[str, Any]:
     return out
 
 
-def parse_native_tool_calls(
-    tokenizer: Any, parser: str, text: str, tools: list[dict[str, Any]], salt: str
-) -> tuple[str, list[Any], list[dict[str, Any]]]:
-    """(content, tool calls, decoded calls) from `text` in the model's own format, read by vLLM's
-    tool parser `parser` (the one `vllm serve --tool-call-parser` would use)."""
-    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+def make_tool_parser(tokenizer: Any, name: str) -> Any:
+    """vLLM's tool parser `name` (the one `vllm serve --tool-call-parser` would use) for
+    `tokenizer`; built once per client, since several read the whole vocabulary at start."""
     from vllm.tool_parsers import ToolParserManager
+
+    try:
+        parser_class = ToolParserManager.get_tool_parser(name)
+    except KeyError as exc:
+        raise ModelError(f"unknown vLLM tool parser {name!r}") from exc
+    try:
+        return parser_class(tokenizer)
+    except Exception as exc:
+        raise ModelError(f"vLLM tool parser {name!r} does not fit this tokenizer: {exc}") from exc
+
+
+def parse_native_tool_calls(
+    parser: Any, text: str, tools: list[dict[str, Any]], salt: str
+) -> tuple[str, list[Any], list[dict[str, Any]]]:
+    """(content, tool calls, decoded calls) from `text` in the model's own format."""
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
     from simulators.llm.openai_backend import _native_calls
 
-    try:
-        parser_class = ToolParserManager.get_tool_parser(parser)
-    except KeyError as exc:
-        raise ModelError(f"unknown vLLM tool parser {parser!r}") from exc
     request = ChatCompletionRequest(messages=[], tools=tools)  # type: ignore[arg-type]
-    try:
-        parsed = parser_class(tokenizer, request.tools).extract_tool_calls(text, request)
-    except TypeError:  # older parsers take only the tokenizer
-        parsed = parser_class(tokenizer).extract_tool_calls(text, request)
+    parsed = parser.extract_tool_calls(text, request)
     found = parsed.tool_calls if parsed.tools_called else []
     raw_calls = [
         {"function": {"name": c.function.name, "arguments": c.function.arguments}} for c in found
