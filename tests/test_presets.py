@@ -47,7 +47,7 @@ def test_explicit_fields_override_the_preset(tmp_path: Path) -> None:
     agent = load_config(path).models.agent
     assert agent.model == "/models/qwen3-235b"
     assert agent.tensor_parallel_size == 4 and agent.quantization == "fp8"
-    assert agent.enable_expert_parallel is True  # from the preset
+    assert agent.enable_expert_parallel is False  # from the preset: its sources use TP only
     assert agent.tool_call_mode == "native" and agent.tool_call_parser == "hermes"
     assert agent.chat_template_kwargs == {"enable_thinking": True}
     assert agent.engine_args == {"max_num_batched_tokens": 8192}

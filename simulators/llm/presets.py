@@ -148,7 +148,7 @@ PRESETS: dict[str, Preset] = {
             bytes_per_param=2,
             gpus=8,
             gpu="nvidia-h100-80gb",
-            settings={**_QWEN3, "tensor_parallel_size": 8, "enable_expert_parallel": True},
+            settings={**_QWEN3, "tensor_parallel_size": 8},  # the sources use TP only
             sources=(
                 "https://huggingface.co/Qwen/Qwen3-235B-A22B",
                 "https://qwen.readthedocs.io/en/stable/deployment/vllm.html",
