@@ -270,6 +270,78 @@ def stats(
     console.print(table)
 
 
+@app.command()
+def plan(
+    episodes: Annotated[int, typer.Option(help="Episodes the planned run would simulate.")],
+    config: Annotated[
+        Path | None, typer.Option(help="YAML config of the planned run (its models per role).")
+    ] = None,
+    from_run: Annotated[
+        str | None,
+        typer.Option(help="A finished small run to scale from (default: the config's out)."),
+    ] = None,
+    tokens_per_second: Annotated[
+        float | None,
+        typer.Option(help="Prompt + completion tokens/s per engine (default: the preset's)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Size a run before launching it: tokens, requests and GPU-hours for N episodes."""
+    from rich.table import Table
+
+    from pipelines.config import ConfigError, load_config
+    from pipelines.plan import PlanError, make_plan, read_manifest
+
+    if episodes < 1:
+        err.print("[red]error:[/red] --episodes must be at least 1")
+        raise typer.Exit(2)
+    try:
+        cfg = load_config(config)
+        run_dir = from_run or cfg.out
+        result = make_plan(
+            cfg, episodes, read_manifest(run_dir), tokens_per_second, source=str(run_dir)
+        )
+    except (ConfigError, PlanError) as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+    if as_json:
+        console.print_json(json.dumps(result.to_json()))
+        return
+    roles = Table(
+        title=f"{episodes:,} episodes, scaled from {result.sample_episodes} in "
+        f"{escape(result.sample_run)}",
+        title_justify="left",
+    )
+    for column in ("role", "prompt tokens", "completion tokens", "requests"):
+        roles.add_column(column, justify="left" if column == "role" else "right")
+    for need in result.roles:
+        roles.add_row(need.role, f"{need.prompt:,}", f"{need.completion:,}", f"{need.requests:,}")
+    console.print(roles)
+    table = Table(title="per engine", title_justify="left")
+    for column in ("model", "roles", "tokens", "tokens/s", "GPUs", "engine-hours", "GPU-hours"):
+        table.add_column(column, justify="left" if column in ("model", "roles") else "right")
+    for engine in result.engines:
+        rate = f"{engine.tokens_per_second:,.0f}" if engine.tokens_per_second else "?"
+        table.add_row(
+            escape(engine.model),
+            "+".join(engine.roles),
+            f"{engine.tokens:,}",
+            rate,
+            str(engine.gpus),
+            "?" if engine.engine_hours is None else f"{engine.engine_hours:,.2f}",
+            "?" if engine.gpu_hours is None else f"{engine.gpu_hours:,.2f}",
+        )
+    console.print(table)
+    for engine in result.engines:
+        console.print(f"  {escape(engine.model)}: throughput from {escape(engine.throughput_from)}")
+    total = result.gpu_hours
+    console.print(
+        f"total: {'?' if total is None else f'{total:,.2f}'} GPU-hours "
+        "(token counts are the small run's models'; throughput is per engine at full batch)",
+        highlight=False,
+    )
+
+
 @app.command("export")
 def export_command(
     run_dir: Annotated[Path, typer.Argument(help="A run folder.")],

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from schemas.records import canonical_json
 from simulators.episode import EpisodeConfig
@@ -31,6 +31,23 @@ class RoleModels(BaseModel):
     tool: ModelConfig = ModelConfig()
     judge: ModelConfig = ModelConfig()
     synthesizer: ModelConfig = ModelConfig()
+    memory_budget_gib: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="Memory one worker may give its in-process engines (weights + KV cache, "
+        "summed over distinct models); checked at load, before any engine starts.",
+    )
+
+    def by_role(self) -> dict[str, ModelConfig]:
+        return {role: getattr(self, role) for role in ROLES}
+
+    @model_validator(mode="after")
+    def _check_memory_budget(self) -> RoleModels:
+        if self.memory_budget_gib is not None:
+            from simulators.llm.engines import check_memory_budget
+
+            check_memory_budget(self.by_role(), self.memory_budget_gib)
+        return self
 
 
 class JudgeConfig(BaseModel):

@@ -18,6 +18,7 @@ from typing import Any
 
 from pipelines.config import ROLES, RunConfig
 from pipelines.parquet_io import OUTPUT_FOLDERS, count_rows, read_column
+from simulators.llm.engines import engines
 
 EPISODE_STAGES = ("episodes", "judge")
 
@@ -120,6 +121,7 @@ def build_manifest(
         },
         "end_reasons": dict(sorted(Counter(_column(out / "trajectories", "end_reason")).items())),
         "models": models,
+        "engines": [engine.summary() for engine in engines(config.models.by_role())],
         "tokens": dict(sorted(tokens.items())),
         "tokens_by_model": tokens_by_model(tokens, models),
         "timings": {

@@ -205,6 +205,8 @@ class OpenAIChatModel(ConstrainedChatModel):
         }
         if sampling.seed is not None:
             body["seed"] = sampling.seed
+        if self.config.chat_template_kwargs:  # vLLM and SGLang servers read this extension
+            body["chat_template_kwargs"] = self.config.chat_template_kwargs
         return body
 
     # -- json tool-call mode ---------------------------------------------------------------------

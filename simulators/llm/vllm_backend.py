@@ -16,7 +16,15 @@ import os
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from simulators.llm.base import ConstrainedChatModel, ModelError, RawCompletion, Sampling
+from schemas.records import Message
+from simulators.llm.base import (
+    Completion,
+    ConstrainedChatModel,
+    ModelError,
+    ModelOutputError,
+    RawCompletion,
+    Sampling,
+)
 from simulators.llm.embedded import resolve_model_path
 from simulators.llm.registry import ModelConfig
 
@@ -35,6 +43,7 @@ class VLLMChatModel(ConstrainedChatModel):
         self.bound_strings, self.bound_items = config.generation_bounds()
         self._engine: AsyncLLM | None = None
         self._tokenizer: Any = None
+        self._tool_parser: Any = None
         self._closed = False
         # Created unbound: asyncio primitives attach to the loop that first waits on them.
         self._start_lock = asyncio.Lock()
@@ -42,6 +51,46 @@ class VLLMChatModel(ConstrainedChatModel):
 
     async def generate(
         self, messages: list[dict[str, str]], schema: dict[str, Any] | None, sampling: Sampling
+    ) -> RawCompletion:
+        return await self._generate(messages, schema, sampling)
+
+    async def complete(
+        self,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None = None,
+        response_schema: dict[str, Any] | None = None,
+        sampling: Sampling | None = None,
+    ) -> Completion:
+        """In native mode with tools: the model's own tool-call format, read by vLLM's parser."""
+        if self.config.tool_call_mode != "native" or not tools:
+            return await super().complete(messages, tools, response_schema, sampling)
+        sampling = sampling or Sampling()
+        chat = [_template_message(m) for m in messages]
+        raw = await self._generate(chat, None, sampling, tools=tools)
+        if raw.finish_reason == "length":
+            raise ModelOutputError(
+                f"{self.name}: answer truncated at {sampling.max_tokens}", raw.text
+            )
+        salt = f"{len(messages)}:{sampling.seed}"
+        if self._tool_parser is None:
+            self._tool_parser = make_tool_parser(self._tokenizer, str(self.config.tool_call_parser))
+        content, calls, decoded = parse_native_tool_calls(self._tool_parser, raw.text, tools, salt)
+        return Completion(
+            text=content,
+            tool_calls=calls,
+            prompt_tokens=raw.prompt_tokens,
+            completion_tokens=raw.completion_tokens,
+            finish_reason=raw.finish_reason,
+            model=self.name,
+            parsed={"tool_calls": decoded} if calls else {"content": content, "final": False},
+        )
+
+    async def _generate(
+        self,
+        messages: list[dict[str, Any]],
+        schema: dict[str, Any] | None,
+        sampling: Sampling,
+        tools: list[dict[str, Any]] | None = None,
     ) -> RawCompletion:
         async with self._slots:
             engine = await self._ensure_engine()
@@ -56,7 +105,11 @@ class VLLMChatModel(ConstrainedChatModel):
             from vllm.v1.engine.exceptions import EngineDeadError
 
             prompt = self._tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=False
+                messages,
+                tools=tools,
+                add_generation_prompt=True,
+                tokenize=False,
+                **self.config.chat_template_kwargs,
             )
             # The template already wrote any BOS; encoding must not add a second one.
             prompt_ids = self._tokenizer.encode(prompt, add_special_tokens=False)
@@ -66,6 +119,8 @@ class VLLMChatModel(ConstrainedChatModel):
                 max_tokens=sampling.max_tokens,
                 seed=sampling.seed,
                 output_kind=RequestOutputKind.FINAL_ONLY,
+                # Native tool-call markers are special tokens in several models' vocabularies.
+                skip_special_tokens=tools is None,
                 structured_outputs=(
                     StructuredOutputsParams(json=schema) if schema is not None else None
                 ),
@@ -128,10 +183,16 @@ class VLLMChatModel(ConstrainedChatModel):
             "max_model_len": config.max_model_len,
             "max_num_seqs": config.max_num_seqs,
             "dtype": config.dtype,
+            "quantization": config.quantization,
+            "tensor_parallel_size": config.tensor_parallel_size,
+            "enable_expert_parallel": config.enable_expert_parallel,
+            "trust_remote_code": config.trust_remote_code,
             "enforce_eager": config.enforce_eager,
             "structured_outputs_config": StructuredOutputsConfig(**structured),
             "disable_log_stats": True,
         }
+        if config.gpu_memory_utilization is not None:
+            args["gpu_memory_utilization"] = config.gpu_memory_utilization
         if _on_cpu():
             # vLLM 0.32's CPU runner rewinds a seeded request's sampler after a partial (chunked)
             # prefill with a CUDA-only call, which kills the engine ("CPU Generator does not use
@@ -141,7 +202,8 @@ class VLLMChatModel(ConstrainedChatModel):
         # vLLM's CPU default sizes the KV cache from free memory and can ask for more than the
         # machine has. Per-engine bytes, not the process-wide VLLM_CPU_KVCACHE_SPACE, so two
         # engines in one process keep their own sizes; an explicit env var still wins.
-        if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        # `kv_cache_gib: null` leaves the size to vLLM (on GPUs, from gpu_memory_utilization).
+        if config.kv_cache_gib is not None and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             args["kv_cache_memory_bytes"] = int(config.kv_cache_gib * GIB)
         args.update(extra)
         try:
@@ -159,6 +221,50 @@ class VLLMChatModel(ConstrainedChatModel):
             del engine
             gc.collect()  # else AsyncLLM.__del__ runs at interpreter exit and logs a TypeError
             multiprocessing.active_children()  # reaps the engine-core process vLLM killed
+
+
+def _template_message(message: Message) -> dict[str, Any]:
+    """An OpenAI message as chat templates take it: tool-call arguments decoded to objects."""
+    out = message.model_dump(exclude_none=True)
+    for call in out.get("tool_calls") or []:
+        try:
+            call["function"]["arguments"] = json.loads(call["function"]["arguments"])
+        except (json.JSONDecodeError, TypeError):
+            pass
+    return out
+
+
+def make_tool_parser(tokenizer: Any, name: str) -> Any:
+    """vLLM's tool parser `name` (the one `vllm serve --tool-call-parser` would use) for
+    `tokenizer`; built once per client, since several read the whole vocabulary at start."""
+    from vllm.tool_parsers import ToolParserManager
+
+    try:
+        parser_class = ToolParserManager.get_tool_parser(name)
+    except KeyError as exc:
+        raise ModelError(f"unknown vLLM tool parser {name!r}") from exc
+    try:
+        return parser_class(tokenizer)
+    except Exception as exc:
+        raise ModelError(f"vLLM tool parser {name!r} does not fit this tokenizer: {exc}") from exc
+
+
+def parse_native_tool_calls(
+    parser: Any, text: str, tools: list[dict[str, Any]], salt: str
+) -> tuple[str, list[Any], list[dict[str, Any]]]:
+    """(content, tool calls, decoded calls) from `text` in the model's own format."""
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+    from simulators.llm.openai_backend import _native_calls
+
+    request = ChatCompletionRequest(messages=[], tools=tools)  # type: ignore[arg-type]
+    parsed = parser.extract_tool_calls(text, request)
+    found = parsed.tool_calls if parsed.tools_called else []
+    raw_calls = [
+        {"function": {"name": c.function.name, "arguments": c.function.arguments}} for c in found
+    ]
+    calls, decoded = _native_calls(raw_calls, salt, text)
+    return parsed.content or "", calls, decoded
 
 
 def _import_vllm() -> None:
