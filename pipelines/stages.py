@@ -14,6 +14,7 @@ import apache_beam as beam
 
 from filters.checks import run_checks
 from filters.judge import checks_judgement, judge
+from filters.reward import score_trajectory, with_reward
 from pipelines.batching import FAILURES, AsyncBatchFn, Handled, failure_from
 from pipelines.config import RunConfig
 from pipelines.runtime import model
@@ -246,7 +247,7 @@ class _JudgeFn(AsyncBatchFn):
         trajectory, task = element
         cfg = self.config
         usage: dict[str, TokenCount] = {}
-        failed = run_checks(trajectory, None, max_turns=cfg.episode.max_turns)
+        failed = run_checks(trajectory, None, max_turns=cfg.episode.max_turns, task=task)
         if failed:
             judgement = checks_judgement(trajectory, failed)
         else:
@@ -268,6 +269,8 @@ class _JudgeFn(AsyncBatchFn):
                 wait_s=result.wait_s,
             )
             judgement = result.judgement
+        # The outcome reward is recorded beside the verdict; the verdict alone decides sft/.
+        judgement = with_reward(judgement, score_trajectory(trajectory, task))
         if judgement.passed:
             return [(trajectory, judgement)], usage
         rejected = RejectedTrajectory(trajectory=trajectory, judgement=judgement)
@@ -331,6 +334,7 @@ def rl_task(pair: tuple[Task, AgentSpec]) -> RLTask:
         tools=[t.openai_tool() for t in agent.tools],
         rubric=task.rubric,
         initial_state=task.initial_state,
+        expected_outcome=task.expected_outcome,
         tool_specs=[t.model_dump(mode="json") for t in agent.tools],
     )
 
