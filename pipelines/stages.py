@@ -33,6 +33,7 @@ from schemas.records import (
 from simulators.episode import RoleModels, run_episode
 from simulators.persona import make_persona
 from toolspecs.compose import DIFFICULTIES, choose_tools, write_agent, write_task
+from toolspecs.domain import load_domain
 from toolspecs.load import load_file, spec_files
 
 
@@ -164,6 +165,25 @@ class GenerateTasks(beam.PTransform):
             | "TaskSlots" >> beam.FlatMap(task_slots)
             | "BatchTaskSlots" >> fixed_batches(self.config.batch_size)
             | "Write" >> beam.ParDo(_WriteTaskFn(self.config)).with_outputs(FAILURES, main="tasks")
+        )
+
+
+class LoadDomain(beam.PTransform):
+    """A domain folder -> its tool specs, its one agent, its tasks (`episodes` at most) and the
+    Failures of entries that could not be used, as four PCollections."""
+
+    def __init__(self, config: RunConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> Any:
+        assert self.config.domain is not None
+        domain = load_domain(self.config.domain)
+        return (
+            pbegin | "DomainToolSpecs" >> beam.Create(domain.tools),
+            pbegin | "DomainAgent" >> beam.Create([domain.agent]),
+            pbegin | "DomainTasks" >> beam.Create(domain.tasks[: self.config.episodes]),
+            pbegin | "DomainFailures" >> beam.Create(domain.failures),
         )
 
 
@@ -344,6 +364,7 @@ __all__ = [
     "GenerateTasks",
     "JudgeTrajectories",
     "Judgement",
+    "LoadDomain",
     "LoadToolSpecs",
     "RunEpisodes",
     "join_tasks_with_agents",

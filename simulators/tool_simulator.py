@@ -150,7 +150,7 @@ class ToolSimulator:
             if tool.side_effect == "write":
                 apply_changes(self.world.state, changes)
         if tool.side_effect == "write":
-            self.world.after_write(arguments, result)
+            result = self.world.after_write(arguments, result, tool.returns)
         else:
             result = self.world.reconcile_read(arguments, result, tool.returns)
         if kind is not None:

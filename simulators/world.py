@@ -178,45 +178,63 @@ class World:
             return max(known, key=lambda item: len(set(item[2]) & set(node)))
         return (candidates[0][0], candidates[0][1], None) if candidates else None
 
-    def after_write(self, arguments: JsonObject, result: Any) -> None:
-        """A write's answer is the truth: records it names take its values; new ids get records.
+    def after_write(self, arguments: JsonObject, result: Any, returns: JsonObject | None) -> Any:
+        """Apply a write to the world; returns its answer, made to be about what was asked.
 
-        Arguments that name an existing record's fields update it too (`set_status(order_id,
-        status)`), so a write changes the world even when the model reports no change.
+        Arguments that name an existing record's fields update it (`set_status(order_id,
+        status)`), so a write changes the world even when the model reports no change. The
+        answer is the truth for the records the call names: their fields take its values, and
+        an answer about another record of the same kind is corrected to the one asked for (a
+        model must not cancel order A when asked to cancel order B). A new id at the top of the
+        answer creates that record (a booking the write made). Records the call does not name
+        never change through an answer.
         """
         named = self._named_records(arguments)
         for record in named:
             for key, value in arguments.items():
                 if key in record and collection_of(key) is None and _scalar(value):
                     record[key] = value
-        if isinstance(result, dict) and len(named) == 1 and self._primary(result) is None:
-            named[0].update({k: v for k, v in result.items() if k in named[0] and _scalar(v)})
-        self._absorb(result, arguments, depth=0)
+        fixed = copy.deepcopy(result)
+        if isinstance(fixed, dict):
+            primary = self._primary(fixed)
+            if primary is None and len(named) == 1:
+                named[0].update({k: v for k, v in fixed.items() if k in named[0] and _scalar(v)})
+            elif primary is not None:
+                key, record_id, record = primary
+                asked = arguments.get(key)
+                if isinstance(asked, str) and asked != record_id:
+                    fixed[key] = asked
+                    if returns is not None and schema_errors(returns, fixed):
+                        fixed[key] = record_id
+                    else:
+                        record_id, record = asked, self.record(key, asked)
+                if record is None and key not in arguments:
+                    records = self.state.setdefault(collection_of(key) or key, {})
+                    if isinstance(records, dict):
+                        base = {k: v for k, v in arguments.items() if _scalar(v)}
+                        scalars = {k: v for k, v in fixed.items() if _scalar(v)}
+                        records[record_id] = {**base, **scalars}
+        self._absorb(fixed, named, depth=0)
+        return fixed
 
-    def _absorb(self, value: Any, arguments: JsonObject, depth: int) -> None:
+    def _absorb(self, value: Any, named: list[dict[str, Any]], depth: int) -> None:
+        """Copy the answer's values into the named records it mentions, at any depth."""
         if depth > MAX_DEPTH:
             return
         if isinstance(value, list):
             for item in value:
-                self._absorb(item, arguments, depth + 1)
+                self._absorb(item, named, depth + 1)
             return
         if not isinstance(value, dict):
             return
         primary = self._primary(value)
-        if primary is not None:
-            key, record_id, existing = primary
-            scalars = {k: v for k, v in value.items() if _scalar(v)}
-            if existing is not None:
-                existing.update({k: v for k, v in scalars.items() if k in existing})
-            elif depth == 0 and arguments.get(key) != record_id:
-                # A new id at the top of a write's answer: the write created that record.
-                records = self.state.setdefault(collection_of(key) or key, {})
-                if isinstance(records, dict):
-                    base = {k: v for k, v in arguments.items() if _scalar(v)}
-                    records[record_id] = {**base, **scalars}
+        if primary is not None and any(primary[2] is record for record in named):
+            record = primary[2]
+            assert record is not None
+            record.update({k: v for k, v in value.items() if k in record and _scalar(v)})
         for child in value.values():
             if isinstance(child, (dict, list)):
-                self._absorb(child, arguments, depth + 1)
+                self._absorb(child, named, depth + 1)
 
     def reconcile_read(self, arguments: JsonObject, result: Any, returns: JsonObject | None) -> Any:
         """The read's answer with every field of a known record replaced by the world's value.
