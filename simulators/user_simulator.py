@@ -3,15 +3,17 @@
 Users behave like users: each talks in its persona's style, shares what it knows, keeps the
 withheld facts until the assistant asks for them, says it does not know rather than invent,
 changes its mind once in the episodes chosen for it, and ends the episode itself. A reply that
-gives away a withheld fact unprompted is refused (`simulators.disclosure`) and asked again.
+gives away a withheld fact unprompted is refused (`simulators.disclosure`) and asked again; a
+model that insists keeps its episode, and `filters.checks` flags the leaking turn.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from schemas.records import Message, Persona, Task
-from simulators.ask import Usage, ask
+from simulators.ask import RoleOutputError, Usage, ask, schema_errors
 from simulators.disclosure import unprompted_leaks
 from simulators.llm.base import ChatModel, Completion, Sampling
 from simulators.persona import STYLE_GUIDES
@@ -28,6 +30,9 @@ REPLY_SCHEMA = {
     "required": ["done", "message"],
     "additionalProperties": False,
 }
+
+
+LEAK = "reveals a withheld fact unasked"
 
 
 class UserSimulator:
@@ -77,7 +82,7 @@ class UserSimulator:
             leaks = unprompted_leaks(
                 str(parsed.get("message", "")), self.task.user_withholds, assistant_texts
             )
-            return f"reveals a withheld fact unasked: {leaks[0]!r}" if leaks else None
+            return f"{LEAK}: {leaks[0]!r}" if leaks else None
 
         return check
 
@@ -92,12 +97,39 @@ class UserSimulator:
             ),
         ]
         no_leak = self._no_leak([])
-        completion = await ask(
-            self.model, self.role, usage, messages, self.sampling,
-            schema=OPENING_SCHEMA, attempts=self.attempts,
-            check=lambda c: _non_empty(c) or no_leak(c),
+        parsed = await self._ask(
+            messages, usage, OPENING_SCHEMA, lambda c: _non_empty(c) or no_leak(c)
         )
-        return str(completion.parsed["message"]).strip()
+        return str(parsed["message"]).strip()
+
+    async def _ask(
+        self,
+        messages: list[Message],
+        usage: Usage,
+        schema: dict[str, object],
+        check: Callable[[Completion], str | None],
+    ) -> dict[str, object]:
+        """The user's answer; one that keeps leaking a withheld fact is kept after the last try.
+
+        Leaking is asked away `attempts` times; a model that insists still yields its episode,
+        whose leaking turn `filters.checks` then flags, rather than a lost episode.
+        """
+        try:
+            completion = await ask(
+                self.model, self.role, usage, messages, self.sampling,
+                schema=schema, attempts=self.attempts, check=check,
+            )
+        except RoleOutputError as exc:
+            if LEAK not in str(exc):
+                raise
+            try:
+                last = json.loads(exc.raw_output)
+            except json.JSONDecodeError:
+                raise exc from None
+            if schema_errors(schema, last):
+                raise
+            return dict(last)
+        return dict(completion.parsed)
 
     async def reply(self, conversation: list[Message], usage: Usage) -> tuple[str, bool]:
         """The user's next message and whether they are done."""
@@ -121,15 +153,15 @@ class UserSimulator:
         messages[-1] = Message(role="user", content=f"{last.content}{reminder}")
         said = [m.content or "" for m in conversation if m.role == "assistant" and m.content]
         no_leak = self._no_leak(said)
-        completion = await ask(
-            self.model, self.role, usage, messages, self.sampling,
-            schema=REPLY_SCHEMA, attempts=self.attempts,
-            check=lambda c: no_leak(c) or (None if c.parsed["done"] else _non_empty(c)),
+        parsed = await self._ask(
+            messages, usage, REPLY_SCHEMA,
+            # A user who is done sends nothing more, so only a message that is sent can leak.
+            lambda c: None if c.parsed["done"] else _non_empty(c) or no_leak(c),
         )
-        done = bool(completion.parsed["done"])
+        done = bool(parsed["done"])
         if mind_change and not done:
             self.changed_mind = True
-        return str(completion.parsed["message"]).strip(), done
+        return str(parsed["message"]).strip(), done
 
 
 def _non_empty(completion: object) -> str | None:

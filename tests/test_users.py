@@ -109,6 +109,20 @@ def test_simulated_user_is_asked_again_when_it_leaks_unprompted() -> None:
     assert user_checks(result) == []
 
 
+def test_a_user_that_keeps_leaking_is_flagged_not_lost() -> None:
+    def user(request):
+        if "done" in request.schema["properties"]:
+            return {"message": "bye", "done": True}
+        return {"message": "Book SFO-JFK for Ada Lovelace"}
+
+    result, model = play(user, EpisodeConfig(failure_rate=0.0, attempts=3))
+    assert result.messages[1].content == "Book SFO-JFK for Ada Lovelace"
+    openings = [r for r in model.requests if "done" not in (r.schema or {}).get("properties", {})
+                and helpers.role_of(r) == "user"]
+    assert len(openings) == 3
+    assert [f.split(":")[0] for f in user_checks(result)] == ["leaked_withheld"]
+
+
 def test_user_ends_the_episode_after_the_agent_final_reply() -> None:
     asked = []
 
