@@ -120,12 +120,25 @@ def set_path(state: JsonObject, path: str, value: Any) -> None:
 
 
 def apply_changes(state: JsonObject, changes: Iterable[dict[str, Any]]) -> list[str]:
-    """Apply `{key, value}` changes (see `schemas.records.STATE_CHANGES`); the paths set."""
+    """Apply `{key, value}` changes (see `schemas.records.STATE_CHANGES`); the paths set.
+
+    A change sets values; one that would replace a whole record or collection with a scalar
+    (`{"key": "orders", "value": "updated"}`) is a model's slip and is skipped.
+    """
     paths = []
     for change in changes:
         path = str(change["key"])
-        value = change["value"]
-        set_path(state, path, _coerce(value) if isinstance(value, str) else value)
+        raw = change["value"]
+        value = _coerce(raw) if isinstance(raw, str) else raw
+        try:
+            current = get_path(state, path)
+        except KeyError:
+            current = None
+        if isinstance(current, dict) and current and not isinstance(value, dict):
+            continue
+        if not split_path(path):
+            continue
+        set_path(state, path, value)
         paths.append(path)
     return paths
 

@@ -153,6 +153,11 @@ def test_change_values_keep_codes_as_text() -> None:
                           {"key": "a/x", "value": "4.5"}, {"key": "a/ok", "value": "true"},
                           {"key": "a/tags", "value": '["x"]'}])
     assert state == {"a": {"zip": "02134", "n": 42, "x": 4.5, "ok": True, "tags": ["x"]}}
+    world = shop_world()
+    assert apply_changes(world, [{"key": "orders", "value": "updated"},
+                                 {"key": "orders/ORD-1", "value": "gone"},
+                                 {"key": "/", "value": "x"}]) == []
+    assert world == shop_world()
 
 
 def test_initial_world_follows_the_tools_schemas_for_every_library_domain() -> None:
