@@ -22,6 +22,12 @@ Failure codes:
 - `turn_limit`: more user turns than `max_turns`.
 - `no_final_answer`: the conversation does not end with an assistant message with content.
 - `bad_opening`: the conversation does not start with a system then a user message.
+- `leaked_withheld`: a user message gives away a fact the task withholds before the assistant
+  asked for it (`simulators.disclosure` says what counts as giving away and as asking).
+- `invented_fact`: a user message states an id, number (three digits or more) or email that
+  appears nowhere in the task nor earlier in the conversation: the user made it up.
+
+The last two need the task (`run_checks(..., task=task)`) and are skipped without it.
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ from jsonschema.exceptions import best_match
 from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
 
-from schemas.records import ToolCall, ToolSpec, Trajectory, canonical_json
+from schemas.records import Task, ToolCall, ToolSpec, Trajectory, canonical_json
+from simulators.disclosure import invented_tokens, unprompted_leaks
 
 DEFAULT_REPEAT_THRESHOLD = 3
 """Identical calls allowed below this count: one retry is normal, a third identical try a loop."""
@@ -50,6 +57,7 @@ class CheckContext:
     tools: Mapping[str, ToolSpec]
     max_turns: int
     repeat_threshold: int = DEFAULT_REPEAT_THRESHOLD
+    task: Task | None = None
     _validators: dict[str, Validator | SchemaError] = field(default_factory=dict, repr=False)
 
     def validator(self, name: str) -> Validator | SchemaError:
@@ -211,6 +219,45 @@ def proper_opening(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
     return [f"bad_opening: starts with {' then '.join(roles) or 'nothing'}, not system then user"]
 
 
+def no_unprompted_leaks(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
+    """No user message reveals a withheld fact before the assistant asked for it."""
+    if ctx.task is None or not ctx.task.user_withholds:
+        return []
+    failures = []
+    said: list[str] = []
+    reported: set[str] = set()
+    for index, message in enumerate(trajectory.messages):
+        if message.role == "assistant" and message.content:
+            said.append(message.content)
+        elif message.role == "user":
+            for fact in unprompted_leaks(message.content or "", ctx.task.user_withholds, said):
+                if fact not in reported:
+                    reported.add(fact)
+                    failures.append(
+                        f"leaked_withheld: user message {index} reveals {_short(fact)!r} "
+                        "before the assistant asked for it"
+                    )
+    return failures
+
+
+def no_invented_facts(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
+    """Users state only ids, numbers and emails they were given or were told in the episode."""
+    if ctx.task is None:
+        return []
+    task = ctx.task
+    given = [task.goal, *task.user_knows, *task.user_withholds]
+    failures = []
+    for index, message in enumerate(trajectory.messages):
+        if message.role == "user":
+            for token in invented_tokens(message.content or "", given):
+                failures.append(
+                    f"invented_fact: user message {index} states {token!r}, which it was not given"
+                )
+        if message.content:
+            given.append(message.content)
+    return failures
+
+
 CHECKS: list[Check] = [
     proper_opening,
     tools_known,
@@ -219,6 +266,8 @@ CHECKS: list[Check] = [
     no_empty_turns,
     no_call_loops,
     within_turn_limit,
+    no_unprompted_leaks,
+    no_invented_facts,
 ]
 """The checks `run_checks` runs by default, in order; append to add one."""
 
@@ -243,10 +292,12 @@ def run_checks(
     *,
     repeat_threshold: int = DEFAULT_REPEAT_THRESHOLD,
     checks: Iterable[Check] | None = None,
+    task: Task | None = None,
 ) -> list[str]:
     """Run `checks` (default `CHECKS`) and return every failure; an empty list means it passed.
 
     `tools` are the ToolSpecs offered to the agent; None rebuilds them from `trajectory.tools`.
+    `task` enables the checks on the simulated user (withheld and invented facts).
     """
     if tools is None:
         by_name: Mapping[str, ToolSpec] = offered_tools(trajectory)
@@ -254,7 +305,9 @@ def run_checks(
         by_name = tools
     else:
         by_name = {tool.name: tool for tool in tools}
-    ctx = CheckContext(tools=by_name, max_turns=max_turns, repeat_threshold=repeat_threshold)
+    ctx = CheckContext(
+        tools=by_name, max_turns=max_turns, repeat_threshold=repeat_threshold, task=task
+    )
     failures: list[str] = []
     for check in CHECKS if checks is None else checks:
         failures.extend(check(trajectory, ctx))

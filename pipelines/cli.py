@@ -49,6 +49,17 @@ def run(
     base_url: Annotated[
         str | None, typer.Option(help="OpenAI-compatible endpoint for the openai backend.")
     ] = None,
+    domain: Annotated[
+        str | None,
+        typer.Option(help="A tau-bench-like domain folder (policy.md, tools.json, tasks.json)."),
+    ] = None,
+    allow_entrypoints: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-entrypoints",
+            help="Run tools whose spec names an entrypoint as real Python (trusted specs only).",
+        ),
+    ] = None,
 ) -> None:
     """Run the mill end to end and write the output folder (sft/, rl/, manifest.json...).
 
@@ -60,6 +71,8 @@ def run(
     from pipelines.config import ROLES, ConfigError, load_config
 
     overrides: dict[str, Any] = {"out": out, "episodes": episodes, "seed": seed}
+    overrides["domain"] = domain
+    overrides["episode.allow_entrypoints"] = allow_entrypoints
     if tool_specs:
         overrides["toolspecs"] = tool_specs
     api_key = os.environ.get("AGENTMILL_API_KEY") or os.environ.get("OPENAI_API_KEY")
@@ -74,6 +87,14 @@ def run(
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
+    if cfg.domain:
+        from toolspecs.domain import DomainError, load_domain
+
+        try:
+            load_domain(cfg.domain)
+        except DomainError as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
 
     from pipelines.dataflow import pipeline_from_args
     from pipelines.run import run as run_mill

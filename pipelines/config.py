@@ -72,6 +72,12 @@ class RunConfig(BaseModel):
     toolspecs: list[str] = Field(
         default_factory=list, description="Spec files or folders; empty means the seed library."
     )
+    domain: str | None = Field(
+        default=None,
+        description="A tau-bench-like domain folder (policy.md, tools.json, world.json, "
+        "tasks.json): its agent plays its tasks, `episodes` of them at most, instead of "
+        "composing agents and writing tasks from `toolspecs`.",
+    )
     models: RoleModels = RoleModels()
     episode: EpisodeConfig = EpisodeConfig()
     judge: JudgeConfig = JudgeConfig()

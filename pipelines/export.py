@@ -280,6 +280,7 @@ VERL_SCHEMA = pa.schema(
                     ("tools", pa.string()),
                     ("rubric", pa.string()),
                     ("initial_state", pa.string()),
+                    ("expected_outcome", pa.string()),
                     ("tool_specs", pa.string()),
                     (
                         "interaction_kwargs",
@@ -302,7 +303,8 @@ VERL_SCHEMA = pa.schema(
 def verl_row(row: dict[str, Any], task: dict[str, Any] | None = None) -> dict[str, Any]:
     """An RL prompt: the agent's system prompt and the user's goal as the opening turn.
 
-    The reward is the rubric (`reward_model.ground_truth`, JSON), scored by a judge; what the
+    The reward is the rubric (`reward_model.ground_truth`, JSON), scored by a judge, and the
+    expected outcome (`extra_info.expected_outcome`) for `filters.reward`'s state check; what the
     user simulator knows and withholds rides in `extra_info.interaction_kwargs` for a multi-turn
     rollout. `split` and `index` are filled in when the split is known.
     """
@@ -325,6 +327,7 @@ def verl_row(row: dict[str, Any], task: dict[str, Any] | None = None) -> dict[st
             "tools": row["tools"],
             "rubric": row["rubric"],
             "initial_state": row["initial_state"],
+            "expected_outcome": row.get("expected_outcome"),
             "tool_specs": row["tool_specs"],
             "interaction_kwargs": {
                 "name": "agentmill_user",

@@ -25,6 +25,7 @@ from pipelines.stages import (
     ComposeAgents,
     GenerateTasks,
     JudgeTrajectories,
+    LoadDomain,
     LoadToolSpecs,
     RunEpisodes,
     join_tasks_with_agents,
@@ -41,12 +42,17 @@ def build(pipeline: beam.Pipeline, config: RunConfig) -> None:
     out = config.out.rstrip("/")
     paths = config.toolspecs or [str(LIBRARY)]
 
-    loaded = pipeline | "LoadToolSpecs" >> LoadToolSpecs(paths)
-    specs = loaded.specs
-    composed = specs | "ComposeAgents" >> ComposeAgents(config)
-    agents = composed.agents | "DropSlot" >> beam.Map(lambda pair: pair[1])
-    generated = composed.agents | "GenerateTasks" >> GenerateTasks(config)
-    tasks = generated.tasks
+    if config.domain:  # a tau-bench-like domain brings its own agent and tasks
+        specs, agents, tasks, domain_failures = pipeline | "LoadDomain" >> LoadDomain(config)
+        front_failures: tuple[Any, ...] = (domain_failures,)
+    else:
+        loaded = pipeline | "LoadToolSpecs" >> LoadToolSpecs(paths)
+        specs = loaded.specs
+        composed = specs | "ComposeAgents" >> ComposeAgents(config)
+        agents = composed.agents | "DropSlot" >> beam.Map(lambda pair: pair[1])
+        generated = composed.agents | "GenerateTasks" >> GenerateTasks(config)
+        tasks = generated.tasks
+        front_failures = (loaded.failures, composed.failures, generated.failures)
 
     pairs = join_tasks_with_agents(tasks, agents, "Episodes")
     played = pairs | "RunEpisodes" >> RunEpisodes(config)
@@ -58,9 +64,7 @@ def build(pipeline: beam.Pipeline, config: RunConfig) -> None:
     rl = join_tasks_with_agents(tasks, agents, "RL") | "ToRLTasks" >> beam.Map(rl_task)
 
     failures = (
-        loaded.failures,
-        composed.failures,
-        generated.failures,
+        *front_failures,
         played.failures,
         judged.failures,
     ) | "AllFailures" >> beam.Flatten()

@@ -14,6 +14,7 @@ import apache_beam as beam
 
 from filters.checks import run_checks
 from filters.judge import checks_judgement, judge
+from filters.reward import score_trajectory, with_reward
 from pipelines.batching import FAILURES, AsyncBatchFn, Handled, failure_from
 from pipelines.config import RunConfig
 from pipelines.runtime import model
@@ -32,6 +33,7 @@ from schemas.records import (
 from simulators.episode import RoleModels, run_episode
 from simulators.persona import make_persona
 from toolspecs.compose import DIFFICULTIES, choose_tools, write_agent, write_task
+from toolspecs.domain import load_domain
 from toolspecs.load import load_file, spec_files
 
 
@@ -166,6 +168,25 @@ class GenerateTasks(beam.PTransform):
         )
 
 
+class LoadDomain(beam.PTransform):
+    """A domain folder -> its tool specs, its one agent, its tasks (`episodes` at most) and the
+    Failures of entries that could not be used, as four PCollections."""
+
+    def __init__(self, config: RunConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> Any:
+        assert self.config.domain is not None
+        domain = load_domain(self.config.domain)
+        return (
+            pbegin | "DomainToolSpecs" >> beam.Create(domain.tools),
+            pbegin | "DomainAgent" >> beam.Create([domain.agent]),
+            pbegin | "DomainTasks" >> beam.Create(domain.tasks[: self.config.episodes]),
+            pbegin | "DomainFailures" >> beam.Create(domain.failures),
+        )
+
+
 def join_tasks_with_agents(tasks: Any, agents: Any, label: str) -> Any:
     """(Task, AgentSpec) pairs, joined on the agent id (a shuffle, so it scales out)."""
     keyed_agents = agents | f"{label}KeyAgents" >> beam.Map(lambda a: (a.id, a))
@@ -246,7 +267,7 @@ class _JudgeFn(AsyncBatchFn):
         trajectory, task = element
         cfg = self.config
         usage: dict[str, TokenCount] = {}
-        failed = run_checks(trajectory, None, max_turns=cfg.episode.max_turns)
+        failed = run_checks(trajectory, None, max_turns=cfg.episode.max_turns, task=task)
         if failed:
             judgement = checks_judgement(trajectory, failed)
         else:
@@ -268,6 +289,8 @@ class _JudgeFn(AsyncBatchFn):
                 wait_s=result.wait_s,
             )
             judgement = result.judgement
+        # The outcome reward is recorded beside the verdict; the verdict alone decides sft/.
+        judgement = with_reward(judgement, score_trajectory(trajectory, task))
         if judgement.passed:
             return [(trajectory, judgement)], usage
         rejected = RejectedTrajectory(trajectory=trajectory, judgement=judgement)
@@ -331,6 +354,7 @@ def rl_task(pair: tuple[Task, AgentSpec]) -> RLTask:
         tools=[t.openai_tool() for t in agent.tools],
         rubric=task.rubric,
         initial_state=task.initial_state,
+        expected_outcome=task.expected_outcome,
         tool_specs=[t.model_dump(mode="json") for t in agent.tools],
     )
 
@@ -340,6 +364,7 @@ __all__ = [
     "GenerateTasks",
     "JudgeTrajectories",
     "Judgement",
+    "LoadDomain",
     "LoadToolSpecs",
     "RunEpisodes",
     "join_tasks_with_agents",

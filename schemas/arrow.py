@@ -49,6 +49,7 @@ TOOLSPEC_SCHEMA = pa.schema(
         ("domain", pa.string()),
         ("source", pa.string()),
         ("side_effect", pa.string()),
+        ("entrypoint", pa.string()),
     ]
 )
 AGENT_SCHEMA = pa.schema(
@@ -72,6 +73,7 @@ TASK_SCHEMA = pa.schema(
         ("difficulty", pa.string()),
         ("rubric", pa.string()),
         ("initial_state", pa.string()),
+        ("expected_outcome", pa.string()),
     ]
 )
 _TRAJECTORY_FIELDS = [
@@ -88,13 +90,19 @@ _TRAJECTORY_FIELDS = [
     ("seed", pa.int64()),
     ("end_reason", pa.string()),
     ("turns", pa.int64()),
+    ("injected_faults", pa.string()),
+    ("user_style", pa.string()),
+    ("user_changed_mind", pa.bool_()),
 ]
 TRAJECTORY_SCHEMA = pa.schema(_TRAJECTORY_FIELDS)
-SFT_SCHEMA = pa.schema([*_TRAJECTORY_FIELDS, ("judge_score", pa.float64())])
+SFT_SCHEMA = pa.schema(
+    [*_TRAJECTORY_FIELDS, ("judge_score", pa.float64()), ("reward", pa.float64())]
+)
 REJECTED_SCHEMA = pa.schema(
     [
         *_TRAJECTORY_FIELDS,
         ("judge_score", pa.float64()),
+        ("reward", pa.float64()),
         ("failed_checks", pa.list_(pa.string())),
         ("judgement", pa.string()),
     ]
@@ -111,6 +119,7 @@ RL_SCHEMA = pa.schema(
         ("tools", pa.string()),
         ("rubric", pa.string()),
         ("initial_state", pa.string()),
+        ("expected_outcome", pa.string()),
         ("tool_specs", pa.string()),
     ]
 )
@@ -130,9 +139,9 @@ FAILURE_SCHEMA = pa.schema(
 _JSON_FIELDS: dict[type[BaseModel], set[str]] = {
     ToolSpec: {"parameters", "returns"},
     AgentSpec: {"tools"},
-    Task: {"rubric", "initial_state"},
-    Trajectory: {"tools", "final_state", "token_counts", "models"},
-    RLTask: {"tools", "rubric", "initial_state", "tool_specs"},
+    Task: {"rubric", "initial_state", "expected_outcome"},
+    Trajectory: {"tools", "final_state", "token_counts", "models", "injected_faults"},
+    RLTask: {"tools", "rubric", "initial_state", "expected_outcome", "tool_specs"},
     Failure: set(),
 }
 SCHEMAS: dict[type[BaseModel], pa.Schema] = {
@@ -153,6 +162,8 @@ def to_row(record: BaseModel) -> dict[str, Any]:
     """A record as a dict matching its Arrow schema (JSON-text fields serialized)."""
     json_fields = _JSON_FIELDS[type(record)]
     row = record.model_dump(mode="json")
+    for name in SCHEMAS[type(record)].names:
+        row.setdefault(name, None)  # fields a record leaves out of its dump when unset
     for name in json_fields:
         if row.get(name) is not None:
             row[name] = json.dumps(row[name], ensure_ascii=False, sort_keys=True)
@@ -176,8 +187,8 @@ def from_row(cls: type[T], row: dict[str, Any]) -> T:
 
 
 def sft_row(trajectory: Trajectory, judgement: Judgement) -> dict[str, Any]:
-    """A passing trajectory with its judge score."""
-    return {**to_row(trajectory), "judge_score": judgement.score}
+    """A passing trajectory with its judge score and its outcome reward (None: no outcome)."""
+    return {**to_row(trajectory), "judge_score": judgement.score, "reward": judgement.reward}
 
 
 def rejected_row(rejected: RejectedTrajectory) -> dict[str, Any]:
@@ -186,6 +197,7 @@ def rejected_row(rejected: RejectedTrajectory) -> dict[str, Any]:
     return {
         **to_row(rejected.trajectory),
         "judge_score": judgement.score,
+        "reward": judgement.reward,
         "failed_checks": list(judgement.failed_checks),
         "judgement": judgement.model_dump_json(),
     }

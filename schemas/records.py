@@ -11,18 +11,45 @@ import json
 import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 JsonObject = dict[str, Any]
 
 FUNCTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 """Names OpenAI-style function calling accepts (letters, digits, `_`, `.`, `-`; at most 64)."""
+IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
+ENTRYPOINT = re.compile(rf"^{IDENTIFIER}(\.{IDENTIFIER})*:{IDENTIFIER}$")
+"""`package.module:function`: a dotted module path and one attribute, nothing else."""
+STATE_CHANGES: dict[str, Any] = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {"key": {"type": "string"}, "value": {"type": "string"}},
+        "required": ["key", "value"],
+        "additionalProperties": False,
+    },
+    "maxItems": 4,
+}
+"""World-state changes as models write them: `key` is a path (`orders/O-1/status`, or a plain
+top-level key), `value` its new value as text. One definition for the tool simulator's write
+results and the task writer's initial facts and expected outcome."""
 
 Source = Literal["authored", "mcp", "openai", "bfcl", "synthetic"]
 SideEffect = Literal["read", "write"]
 Difficulty = Literal["easy", "medium", "hard"]
 EndReason = Literal["user_stop", "agent_final", "turn_limit"]
 Role = Literal["user", "agent", "tool", "judge", "synthesizer"]
+UserStyle = Literal["terse", "verbose", "confused", "impatient", "non-native speaker"]
+FaultKind = Literal[
+    "not_found", "permission_denied", "rate_limited", "timeout", "partial_result", "empty_result"
+]
 
 
 def canonical_json(value: Any) -> str:
@@ -42,6 +69,9 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id_prefix: ClassVar[str] = "rec"
     id_excludes: ClassVar[frozenset[str]] = frozenset()
+    id_skips_defaults: ClassVar[frozenset[str]] = frozenset()
+    """Fields left out of the id while they hold their default, so adding an optional field
+    to a record does not change the ids of records that do not use it."""
 
     id: str = ""
 
@@ -49,6 +79,10 @@ class Record(BaseModel):
     def _fill_id(self) -> Record:
         if not self.id:
             excluded = {"id", *self.id_excludes}
+            for name in self.id_skips_defaults:
+                info = type(self).model_fields[name]
+                if getattr(self, name) == info.get_default(call_default_factory=True):
+                    excluded.add(name)
             body = self.model_dump(mode="json", exclude=excluded)
             object.__setattr__(self, "id", content_id(self.id_prefix, body))
         return self
@@ -58,6 +92,7 @@ class ToolSpec(Record):
     """One callable tool: what it does, its arguments' schema and its result's schema."""
 
     id_prefix: ClassVar[str] = "tool"
+    id_skips_defaults: ClassVar[frozenset[str]] = frozenset({"entrypoint"})
 
     name: str = Field(description="Function name the model calls: letters, digits, _ . -")
     description: str = Field(min_length=1, description="What the tool does, for the model.")
@@ -73,6 +108,28 @@ class ToolSpec(Record):
     side_effect: SideEffect = Field(
         default="read", description="`write` tools change the world state; `read` tools do not."
     )
+    entrypoint: str | None = Field(
+        default=None,
+        description="`package.module:function` to run this tool in process instead of "
+        "simulating it; imported only when the run config sets `episode.allow_entrypoints`.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_entrypoint(self, handler: Any) -> Any:
+        """Specs without an entrypoint dump (and hash, also inside agents) as they always did."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("entrypoint", "") is None:
+            del data["entrypoint"]
+        return data
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _valid_entrypoint(cls, entrypoint: str | None) -> str | None:
+        if entrypoint is not None and not ENTRYPOINT.match(entrypoint):
+            raise ValueError(
+                f"{entrypoint!r} is not an entrypoint: write 'package.module:function'"
+            )
+        return entrypoint
 
     @field_validator("name")
     @classmethod
@@ -121,10 +178,28 @@ class Rubric(BaseModel):
     checkpoints: list[str] = Field(default_factory=list)
 
 
+class Outcome(BaseModel):
+    """What a task must leave behind, checkable without a judge (as tau-bench checks it).
+
+    `state` maps world paths (`orders/O-1/status`) to the values they must hold at the end;
+    every other path of the initial world must be unchanged. `facts` are strings the agent must
+    say to the user (matched case-insensitively in its replies).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    state: JsonObject = Field(default_factory=dict)
+    facts: list[str] = Field(default_factory=list)
+
+    def is_empty(self) -> bool:
+        return not self.state and not self.facts
+
+
 class Task(Record):
     """What a simulated user wants from an agent, and how success is judged."""
 
     id_prefix: ClassVar[str] = "task"
+    id_skips_defaults: ClassVar[frozenset[str]] = frozenset({"expected_outcome"})
 
     agent_id: str
     goal: str
@@ -133,6 +208,9 @@ class Task(Record):
     difficulty: Difficulty = "easy"
     rubric: Rubric
     initial_state: JsonObject = Field(default_factory=dict)
+    expected_outcome: Outcome = Field(
+        default_factory=Outcome, description="The verifiable end state and facts, for rewards."
+    )
 
 
 class Persona(Record):
@@ -144,10 +222,11 @@ class Persona(Record):
     occupation: str
     city: str
     traits: list[str] = Field(default_factory=list)
+    style: UserStyle = "terse"
 
     def describe(self) -> str:
         traits = ", ".join(self.traits) if self.traits else "plain"
-        return f"{self.name}, a {self.occupation} from {self.city}; style: {traits}"
+        return f"{self.name}, a {self.occupation} from {self.city}; style: {self.style}, {traits}"
 
 
 class FunctionCall(BaseModel):
@@ -198,11 +277,24 @@ class TokenCount(BaseModel):
         self.wait_s = round(self.wait_s + wait_s, 4)
 
 
+class InjectedFault(BaseModel):
+    """A tool answer the simulator replaced with a failure on purpose (seeded), not a bug."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tool_call_id: str
+    tool: str
+    kind: FaultKind
+
+
 class Trajectory(Record):
     """A finished episode: the conversation, what was offered, and how it ended."""
 
     id_prefix: ClassVar[str] = "traj"
     id_excludes: ClassVar[frozenset[str]] = frozenset({"token_counts"})
+    id_skips_defaults: ClassVar[frozenset[str]] = frozenset(
+        {"injected_faults", "user_style", "user_changed_mind"}
+    )
 
     task_id: str
     agent_id: str
@@ -216,6 +308,9 @@ class Trajectory(Record):
     seed: int = 0
     end_reason: EndReason
     turns: int = 0
+    injected_faults: list[InjectedFault] = Field(default_factory=list)
+    user_style: str = ""
+    user_changed_mind: bool = False
 
 
 class CriterionScore(BaseModel):
@@ -230,6 +325,7 @@ class Judgement(Record):
     """The verdict on one trajectory: deterministic checks first, then the rubric judge."""
 
     id_prefix: ClassVar[str] = "judgement"
+    id_skips_defaults: ClassVar[frozenset[str]] = frozenset({"reward", "reward_reasons"})
 
     trajectory_id: str
     scores: list[CriterionScore] = Field(default_factory=list)
@@ -238,6 +334,10 @@ class Judgement(Record):
     reasons: list[str] = Field(default_factory=list)
     failed_checks: list[str] = Field(default_factory=list)
     judge_model: str = ""
+    reward: float | None = Field(
+        default=None, description="The outcome reward (state and facts); None: no outcome."
+    )
+    reward_reasons: list[str] = Field(default_factory=list)
 
 
 class Failure(Record):
@@ -257,6 +357,7 @@ class RLTask(Record):
     """A task ready for RL rollouts: the opening prompt, tools, rubric and initial world state."""
 
     id_prefix: ClassVar[str] = "rl"
+    id_skips_defaults: ClassVar[frozenset[str]] = frozenset({"expected_outcome"})
 
     task_id: str
     agent_id: str
@@ -267,6 +368,7 @@ class RLTask(Record):
     tools: list[JsonObject]
     rubric: Rubric
     initial_state: JsonObject = Field(default_factory=dict)
+    expected_outcome: Outcome = Field(default_factory=Outcome)
     tool_specs: list[JsonObject] = Field(
         default_factory=list, description="Full ToolSpecs, so a rollout can simulate the tools."
     )

@@ -6,6 +6,7 @@ every turn and every episode of that agent, so an engine's prefix cache serves t
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,6 +38,29 @@ class EpisodeConfig(BaseModel):
     user: Sampling = Sampling(temperature=0.8, max_tokens=96)
     agent: Sampling = Sampling(temperature=0.6, max_tokens=256)
     tool: Sampling = Sampling(temperature=0.5, max_tokens=256)
+    failure_rate: float = Field(
+        default=0.1, ge=0.0, le=1.0,
+        description="Share of valid tool calls answered with an injected failure (seeded): not "
+        "found, permission denied, rate limited, timeout, partial or empty result.",
+    )
+    mind_change_rate: float = Field(
+        default=0.2, ge=0.0, le=1.0,
+        description="Share of episodes whose user changes their mind once (seeded).",
+    )
+    user_ends: bool = Field(
+        default=True,
+        description="The user, not the agent, ends the episode: after the agent's final reply "
+        "the user says whether they are done.",
+    )
+    allow_entrypoints: bool = Field(
+        default=False,
+        description="Run tools whose spec names an `entrypoint` (package.module:function) in "
+        "process instead of simulating them. Off by default: only turn it on for spec files "
+        "you trust, since it imports and runs the code they name.",
+    )
+    entrypoint_timeout_s: float = Field(
+        default=10.0, gt=0, description="Time limit per entrypoint call; a late call fails."
+    )
 
 
 @dataclass
@@ -86,9 +110,20 @@ async def run_episode(
     """Play one episode to its end and return the trajectory, or raise EpisodeError."""
     usage: Usage = {}
     tools = [tool.openai_tool() for tool in agent.tools]
-    user = UserSimulator(models.user, task, persona, _seeded(config.user, seed, 1), config.attempts)
+    changes_mind = random.Random(f"{seed}:mind").random() < config.mind_change_rate
+    user = UserSimulator(
+        models.user, task, persona, _seeded(config.user, seed, 1), config.attempts, changes_mind
+    )
     simulator = ToolSimulator(
-        models.tool, agent.tools, task.initial_state, _seeded(config.tool, seed, 2), config.attempts
+        models.tool,
+        agent.tools,
+        task.initial_state,
+        _seeded(config.tool, seed, 2),
+        config.attempts,
+        failure_rate=config.failure_rate,
+        seed=seed,
+        allow_entrypoints=config.allow_entrypoints,
+        entrypoint_timeout_s=config.entrypoint_timeout_s,
     )
     messages: list[Message] = [agent_system_message(agent)]
     try:
@@ -97,11 +132,11 @@ async def run_episode(
         end_reason: EndReason
         while True:
             final = await _agent_turn(messages, tools, models.agent, simulator, usage, config, seed)
-            if final:
-                end_reason = "agent_final"
-                break
             if turns >= config.max_turns:
-                end_reason = "turn_limit"
+                end_reason = "agent_final" if final else "turn_limit"
+                break
+            if final and not config.user_ends:
+                end_reason = "agent_final"
                 break
             text, done = await user.reply(messages, usage)
             if done:
@@ -126,6 +161,9 @@ async def run_episode(
         seed=seed,
         end_reason=end_reason,
         turns=turns,
+        injected_faults=simulator.injected,
+        user_style=persona.style,
+        user_changed_mind=user.changed_mind,
     )
 
 

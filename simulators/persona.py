@@ -7,21 +7,36 @@ import random
 
 from faker import Faker
 
-from schemas.records import Persona
+from schemas.records import Persona, UserStyle
 
-STYLE_TRAITS = [
+USER_STYLES: tuple[UserStyle, ...] = (
     "terse",
-    "chatty",
-    "polite",
+    "verbose",
+    "confused",
     "impatient",
-    "uncertain",
+    "non-native speaker",
+)
+STYLE_GUIDES: dict[str, str] = {
+    "terse": "You write very short messages, often fragments, with no greetings or thanks.",
+    "verbose": "You write long messages with background and asides that do not matter to the "
+    "request, but you still only state facts you were given.",
+    "confused": "You are unsure of the terms, describe what you want vaguely at first, and "
+    "sometimes ask the assistant what it means.",
+    "impatient": "You want this done fast: you push the assistant, dislike long answers and "
+    "complain when it asks many questions.",
+    "non-native speaker": "English is not your first language: you write short, simple "
+    "sentences with small grammar mistakes.",
+}
+"""How each style talks; every persona has one, so a data set covers all of them."""
+STYLE_TRAITS = [
+    "polite",
     "detail-oriented",
     "informal",
     "formal",
     "skeptical",
     "friendly",
-    "in a hurry",
-    "non-native English speaker",
+    "cheerful",
+    "blunt",
 ]
 
 
@@ -43,4 +58,5 @@ def make_persona(key: str, locale: str = "en_US") -> Persona:
         occupation=fake.job(),
         city=fake.city(),
         traits=rng.sample(STYLE_TRAITS, k=2),
+        style=rng.choice(USER_STYLES),
     )

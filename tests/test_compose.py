@@ -60,6 +60,8 @@ def test_written_agent_and_task_follow_the_model(pool) -> None:
                     "expected_tools": [tools[0].name],
                     "checkpoints": [],
                     "initial_state": [{"key": "k", "value": "v"}],
+                    "expected_state": [],
+                    "expected_facts": ["done"],
                 }
             )
         }
@@ -71,7 +73,8 @@ def test_written_agent_and_task_follow_the_model(pool) -> None:
     task = asyncio.run(write_task(model, agent, "hard", 0, Sampling(seed=1), usage))
     assert task.agent_id == agent.id and task.difficulty == "hard"
     assert task.rubric.expected_tools == [tools[0].name]
-    assert task.initial_state == {"k": "v"}
+    assert task.initial_state["k"] == "v"  # the model's fact, on top of the Faker world
+    assert task.expected_outcome.facts == ["done"]
     assert usage["synthesizer"].requests == 2
 
 
@@ -85,6 +88,8 @@ def test_task_schema_only_names_offered_tools() -> None:
         "expected_tools": ["get_booking"],
         "checkpoints": [],
         "initial_state": [],
+        "expected_state": [],
+        "expected_facts": [],
     }
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(answer, schema)

@@ -23,7 +23,9 @@ def play(handlers: dict, config: EpisodeConfig | None = None, seed: int = 7):
     task = helpers.task(spec)
     models = RoleModels(user=model, agent=model, tool=model)
     return asyncio.run(
-        run_episode(task, spec, make_persona("p"), models, config or EpisodeConfig(), seed)
+        run_episode(
+            task, spec, make_persona("p"), models, config or EpisodeConfig(failure_rate=0.0), seed
+        )
     ), model
 
 
@@ -48,12 +50,16 @@ def test_episode_with_chained_tool_calls_ends_when_agent_is_final() -> None:
                 if "book_flight(" in r.last
                 else {"result": {"flights": [{"flight_id": "F1", "price": 99.0}]}}
             ),
-        }
+        },
+        EpisodeConfig(user_ends=False, failure_rate=0.0),
     )
     roles = [m.role for m in trajectory.messages]
     assert roles == ["system", "user", "assistant", "tool", "assistant", "tool", "assistant"]
     assert trajectory.end_reason == "agent_final"
-    assert trajectory.final_state == {"account": "ada", "booking_B42": "confirmed"}
+    booking = {"booking_id": "B42", "flight_id": "F1", "passenger": "Ada", "status": "confirmed"}
+    assert trajectory.final_state == {
+        "account": "ada", "booking_B42": "confirmed", "bookings": {"B42": booking}
+    }
     call = trajectory.messages[2].tool_calls[0]
     answer = trajectory.messages[3]
     assert answer.tool_call_id == call.id and answer.name == "search_flights"
@@ -73,7 +79,8 @@ def test_invalid_arguments_get_an_api_error_without_asking_the_model() -> None:
             "user": lambda r: {"message": "Book F1."},
             "agent": agent,
             "tool": lambda r: asked_tool.append(r) or {"result": {}},
-        }
+        },
+        EpisodeConfig(user_ends=False),
     )
     error = json.loads(trajectory.messages[3].content)["error"]
     assert error["code"] == 400 and error["type"] == "invalid_arguments"
@@ -117,7 +124,7 @@ def test_agent_must_reply_after_max_tool_rounds() -> None:
 
     trajectory, _ = play(
         {"user": lambda r: {"message": "Find flights"}, "agent": agent},
-        EpisodeConfig(max_tool_rounds=2),
+        EpisodeConfig(max_tool_rounds=2, user_ends=False),
     )
     assert sum(1 for m in trajectory.messages if m.tool_calls) == 2
     assert trajectory.messages[-1].content == "Here are the flights."
@@ -140,7 +147,10 @@ def test_unparseable_answers_are_retried_then_fail_with_raw_output() -> None:
 
 def test_retry_recovers_from_one_bad_answer() -> None:
     answers = ["{broken", agent_reply("Hello!", final=True)]
-    trajectory, _ = play({"user": lambda r: {"message": "hi"}, "agent": scripted_agent(*answers)})
+    trajectory, _ = play(
+        {"user": lambda r: {"message": "hi"}, "agent": scripted_agent(*answers)},
+        EpisodeConfig(user_ends=False),
+    )
     assert trajectory.messages[-1].content == "Hello!"
 
 
@@ -186,7 +196,10 @@ def test_agent_prompt_prefix_is_identical_across_turns() -> None:
         agent_calls(("search_flights", {"origin": "SFO", "destination": "JFK"})),
         agent_reply("Found one.", final=True),
     )
-    _, model = play({"user": lambda r: {"message": "Find flights"}, "agent": agent})
+    _, model = play(
+        {"user": lambda r: {"message": "Find flights"}, "agent": agent},
+        EpisodeConfig(user_ends=False, failure_rate=0.0),
+    )
     agent_requests = [r for r in model.requests if helpers.role_of(r) == "agent"]
     assert len(agent_requests) == 2
     first, second = (r.messages[0]["content"] for r in agent_requests)

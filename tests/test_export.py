@@ -178,6 +178,7 @@ def test_verl_prompts_carry_rubric_tools_and_state(
             assert rubric == json.loads(source["rubric"]) and rubric["success_criteria"]
             assert json.loads(info["tools"]) == json.loads(source["tools"])
             assert json.loads(info["initial_state"]) == json.loads(source["initial_state"])
+            assert json.loads(info["expected_outcome"]) == json.loads(source["expected_outcome"])
             assert json.loads(info["tool_specs"])[0]["name"]
             task = tasks[source["task_id"]]
             kwargs = info["interaction_kwargs"]

@@ -12,9 +12,26 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from schemas.records import AgentSpec, Difficulty, Message, Rubric, Task, ToolSpec
+from schemas.records import (
+    STATE_CHANGES,
+    AgentSpec,
+    Difficulty,
+    JsonObject,
+    Message,
+    Outcome,
+    Rubric,
+    Task,
+    ToolSpec,
+)
 from simulators.ask import Usage, ask
 from simulators.llm.base import ChatModel, Sampling
+from simulators.world import (
+    apply_changes,
+    build_world,
+    changes_to_paths,
+    describe_world,
+    outcome_schema,
+)
 
 DIFFICULTIES: tuple[Difficulty, ...] = ("easy", "medium", "hard")
 DIFFICULTY_BRIEF = {
@@ -123,8 +140,9 @@ async def write_agent(
     )
 
 
-def task_schema(tools: list[ToolSpec]) -> dict[str, Any]:
-    """What the model must answer to define a task; expected tools come from the offered ones."""
+def task_schema(tools: list[ToolSpec], world: JsonObject | None = None) -> dict[str, Any]:
+    """What the model must answer to define a task; expected tools come from the offered ones,
+    expected state changes from the world's own paths."""
     strings = {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 3}
     return {
         "type": "object",
@@ -140,16 +158,8 @@ def task_schema(tools: list[ToolSpec]) -> dict[str, Any]:
                 "maxItems": 4,
             },
             "checkpoints": strings,
-            "initial_state": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {"key": {"type": "string"}, "value": {"type": "string"}},
-                    "required": ["key", "value"],
-                    "additionalProperties": False,
-                },
-                "maxItems": 4,
-            },
+            "initial_state": STATE_CHANGES,
+            **outcome_schema(world or {}, any(t.side_effect == "write" for t in tools)),
         },
         "required": [
             "goal",
@@ -159,6 +169,8 @@ def task_schema(tools: list[ToolSpec]) -> dict[str, Any]:
             "expected_tools",
             "checkpoints",
             "initial_state",
+            "expected_state",
+            "expected_facts",
         ],
         "additionalProperties": False,
     }
@@ -173,26 +185,35 @@ async def write_task(
     usage: Usage,
     attempts: int = 3,
 ) -> Task:
-    """A task for `agent` at `difficulty`, with a rubric and the world's initial state."""
+    """A task for `agent` at `difficulty`, with a rubric, the initial world and the outcome.
+
+    The world's records come from Faker over the tools' schemas (one world per agent); the
+    model adds the task's own facts to it and names the changes and facts that mean success.
+    """
     listing = "\n".join(f"- {t.name}: {t.description}" for t in agent.tools)
+    world = build_world(agent.tools, key=agent.id)
     messages = [
         Message(
             role="system",
             content="You write test tasks for an AI assistant. A task is what one user wants, "
             "what they know, what they only tell when asked, how to judge success, which tools "
-            "the assistant should call, and facts that hold in the world before it starts.",
+            "the assistant should call, facts that hold in the world before it starts, the "
+            "world changes (path and new value) that mean success, and facts the assistant "
+            "must tell the user.",
         ),
         Message(
             role="user",
             content=f"Assistant: {agent.name}\nTools:\n{listing}\n"
+            f"World records:\n{describe_world(world)}\n"
             f"Write task #{index + 1}: {DIFFICULTY_BRIEF[difficulty]}.",
         ),
     ]
     completion = await ask(
         model, "synthesizer", usage, messages, sampling,
-        schema=task_schema(agent.tools), attempts=attempts,
+        schema=task_schema(agent.tools, world), attempts=attempts,
     )
     answer = completion.parsed
+    apply_changes(world, answer["initial_state"])
     return Task(
         agent_id=agent.id,
         goal=" ".join(str(answer["goal"]).split()),
@@ -204,5 +225,9 @@ async def write_task(
             expected_tools=list(answer["expected_tools"]),
             checkpoints=list(answer["checkpoints"]),
         ),
-        initial_state={item["key"]: item["value"] for item in answer["initial_state"]},
+        initial_state=world,
+        expected_outcome=Outcome(
+            state=changes_to_paths(answer.get("expected_state", [])),
+            facts=[" ".join(str(f).split()) for f in answer.get("expected_facts", [])],
+        ),
     )
