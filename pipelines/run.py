@@ -12,6 +12,7 @@ what is in flight); a stage whose failures pass `control.max_failure_rate` stops
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 import threading
@@ -207,10 +208,22 @@ def _graceful_interrupt() -> Iterator[None]:
             raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, handler)
+    quiet = _QuietStop()
+    beam_log = logging.getLogger("apache_beam.runners.common")
+    beam_log.addFilter(quiet)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        beam_log.removeFilter(quiet)
+
+
+class _QuietStop(logging.Filter):
+    """Beam logs a DoFn's exception with its traceback; a requested stop is not an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, RunStopped)
 
 
 def _prepare_output(out: storage.RunPath) -> None:
