@@ -73,6 +73,8 @@ SPEC_CASES: dict[str, tuple[bytes, str]] = {
         json.dumps([_tool(exec="__import__('os').system('touch /tmp/pwned')")]).encode(),
         "InvalidSpec"),
     "duplicate_name": (json.dumps([_tool(), _tool()]).encode(), "DuplicateToolName"),
+    "remote_ref": (json.dumps([_tool(parameters={"type": "object", "properties": {
+        "a": {"$ref": "https://example.com/a.json"}}})]).encode(), "InvalidSchema"),
 }
 
 

@@ -180,8 +180,33 @@ def check_parameters_schema(schema: Any) -> list[tuple[str, str]]:
     return []
 
 
+def _remote_refs(schema: Any, pointer: str = "") -> list[tuple[str, str]]:
+    """`$ref`s that point outside the schema: refused, since nothing is ever fetched."""
+    problems: list[tuple[str, str]] = []
+    stack = [(schema, pointer)]
+    while stack:
+        value, at = stack.pop()
+        if isinstance(value, dict):
+            for key, child in value.items():
+                here = f"{at}/{_pointer([key])[1:]}"
+                if key in ("$ref", "$dynamicRef") and isinstance(child, str) and not (
+                    child.startswith("#")
+                ):
+                    problems.append((here, f"{child!r} points outside the schema; only local "
+                                           "references ('#/...') are allowed, nothing is fetched"))
+                else:
+                    stack.append((child, here))
+        elif isinstance(value, list):
+            stack.extend((child, f"{at}/{index}") for index, child in enumerate(value))
+    return sorted(problems)
+
+
 def _schema_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
+    for key in ("parameters", "returns"):
+        problems += _remote_refs(data.get(key), f"/{key}")
+    if problems:
+        return problems
     if "parameters" in data:
         problems += [(f"/parameters{p}", m) for p, m in check_parameters_schema(data["parameters"])]
     returns = data.get("returns")
