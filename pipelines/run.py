@@ -166,6 +166,7 @@ def run(config: RunConfig, pipeline: beam.Pipeline | None = None) -> dict[str, A
             raise RunStopped(_stopped_message(config, resume), STOP.exit_code) from None
         raise
     finally:
+        STOP.reset()  # a stop belongs to this run; pipelines built later start clean
         runtime.close_models()
     manifest = build_manifest(
         config, out, result, started_at=started, finished_at=time.time(), reused=reused
