@@ -230,3 +230,23 @@ def test_failure_brake_stops_the_run_and_a_fixed_rerun_resumes(tmp_path: Path) -
     assert manifest["resume"]["reused"]["episodes"] == 0
     _assert_complete(out, 12)
     assert manifest["counts"]["failures"] == 0  # failures are retried, not reused
+
+
+def test_partly_checkpointed_stages_reuse_what_is_there_and_redo_the_rest(tmp_path: Path) -> None:
+    """Lose some episode and judge parts (a kill before they were written): a rerun plays and
+    judges exactly those again, and the data set is whole."""
+    out = tmp_path / "run"
+    config = scripted_config(out, episodes=6, **{"control.checkpoint_every": 1, "in_flight": 1})
+    first = run(config)
+    area = out / WORK / config.fingerprint()
+    episodes = sorted((area / "episodes").glob("part-*.parquet"))
+    judged = sorted((area / "judge").glob("part-*.parquet"))
+    assert len(episodes) == len(judged) == 6  # one part per finished input
+    for part in episodes[4:] + judged[2:]:
+        part.unlink()
+    second = run(config)
+    assert second["resume"]["reused"] == {"agents": 3, "tasks": 6, "episodes": 4, "judge": 2}
+    assert len(list((area / "judge").glob("part-*.parquet"))) == 6  # 4 judged again
+    assert len(list((area / "episodes").glob("part-*.parquet"))) == 6  # 2 played again
+    assert second["counts"]["trajectories"] == first["counts"]["trajectories"] == 6
+    _assert_complete(out, 6)
