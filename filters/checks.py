@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import referencing
 from jsonschema import Draft202012Validator, SchemaError
 from jsonschema.exceptions import best_match
 from jsonschema.protocols import Validator
@@ -67,7 +68,8 @@ class CheckContext:
             cls = validator_for(schema, default=Draft202012Validator)
             try:
                 cls.check_schema(schema)
-                self._validators[name] = cls(schema)
+                # An empty registry: a remote `$ref` is unresolvable, never fetched.
+                self._validators[name] = cls(schema, registry=referencing.Registry())
             except SchemaError as exc:
                 self._validators[name] = exc
         return self._validators[name]

@@ -5,6 +5,11 @@ client per model: a new element starts as soon as any other finishes, across bat
 engine always has work and no batch waits for its slowest member (a batch barrier idles the
 engine). Results are emitted as each element finishes; an element that cannot be processed
 becomes a Failure instead of failing the bundle.
+
+With a `StageControl` (set by the run pipeline) a stage also checkpoints what finished, skips
+inputs a checkpoint already holds, and stops the run when its failure rate passes the brake or
+a stop is requested (Ctrl-C): it starts nothing new, finishes or abandons what is in flight,
+writes what finished, and raises `RunStopped`.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines import runtime
+from pipelines.resume import CheckpointWriter, StageControl
 from schemas.records import Failure, TokenCount
 
 FAILURES = "failures"
@@ -34,6 +40,48 @@ inputs_done: dict[str, float] = {}
 """Per stage, when a bundle last started its final element (`time.monotonic`): from then on only
 the elements already in flight are left, so the engine's load can only fall. Benchmarks read it
 to tell the steady state from the drain."""
+
+
+class RunStopped(RuntimeError):
+    """The run stopped before its end: interrupted, or too many failures. What finished is in
+    the checkpoint; the same command resumes."""
+
+    def __init__(self, reason: str, exit_code: int = 1) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.exit_code = exit_code
+
+
+class StopSignal:
+    """A process-wide request to stop: set by the Ctrl-C handler or a stage's failure brake."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.reason: str | None = None
+            self.exit_code = 1
+            self.abandon = False
+            """Cancel in-flight elements instead of letting them finish (a second Ctrl-C)."""
+
+    def request(self, reason: str, exit_code: int = 1) -> bool:
+        """Ask every stage to stop; True if this is the first request."""
+        with self._lock:
+            if self.reason is not None:
+                return False
+            self.reason, self.exit_code = reason, exit_code
+            return True
+
+    @property
+    def requested(self) -> bool:
+        return self.reason is not None
+
+
+STOP = StopSignal()
+POLL_S = 0.25
+"""How often a waiting stage looks at the stop signal."""
 
 
 class Progress:
@@ -133,8 +181,22 @@ class AsyncBatchFn(beam.DoFn):
     def note(self, outputs: list[Any]) -> str:
         return "ok"
 
+    def checkpoint_key(self, element: Any) -> str | None:
+        """The key under which a finished element is checkpointed; None: not checkpointed."""
+        return None
+
+    control: StageControl | None = None
+    """Checkpointing, skipping and the failure brake; set by the run pipeline, else off."""
+
     def setup(self) -> None:
-        self._progress = Progress(self.stage, self.total)
+        skipped = len(self.control.skip) if self.control else 0
+        total = None if self.total is None else max(0, self.total - skipped)
+        self._progress = Progress(self.stage, total)
+        if skipped:
+            self._progress.note(f"reusing {skipped} finished in the checkpoint")
+        self._writer = CheckpointWriter(self.control) if self.control else None
+        self._finished = 0
+        self._failed = 0
 
     def start_bundle(self) -> None:
         self._window = runtime.Window(self.in_flight)
@@ -147,42 +209,107 @@ class AsyncBatchFn(beam.DoFn):
             outcome = exc
         return element, outcome
 
+    def _skip(self, element: Any) -> bool:
+        return self.control is not None and self.checkpoint_key(element) in self.control.skip
+
     def process(self, batch: Iterable[Any]) -> Iterator[Any]:
         window = self._window
         if self._bundle_started is None:
             self._bundle_started = time.monotonic()
             self._progress.start()
         for element in batch:
-            while window.full():
-                yield from self._emit(window.finished(block=True))
+            if STOP.requested:
+                break
+            if self._skip(element):
+                continue
+            while window.full() and not STOP.requested:
+                yield from self._emit(window.finished(block=True, timeout=POLL_S))
+            if STOP.requested:
+                break
             window.submit(self._guarded(element))
         yield from self._emit(window.finished())
+        if STOP.requested:
+            yield from self._stop()
 
     def finish_bundle(self) -> Iterator[Any]:
         inputs_done[self.stage] = time.monotonic()
         if len(self._window):
             self._progress.note(f"all started, {len(self._window)} in flight")
-        for output in self._emit(self._window.drain()):
+        for output in self._drain():
             yield _windowed(output)
+        if self._writer is not None:
+            self._writer.flush()
+        if STOP.requested:
+            self._raise_stop()
         if self._bundle_started is not None:
             spent = time.monotonic() - self._bundle_started
             Metrics.counter("time_ms", self.stage).inc(int(spent * 1000))
 
+    def teardown(self) -> None:
+        writer = getattr(self, "_writer", None)
+        if writer is not None:
+            writer.flush()
+
+    def _drain(self) -> Iterator[Any]:
+        """Every in-flight element's outputs; cancels them once a stop says to abandon them."""
+        window = self._window
+        cancelled = False
+        while len(window):
+            if STOP.abandon and not cancelled:
+                self._progress.note(f"abandoning {len(window)} in flight")
+                window.cancel()
+                cancelled = True
+            yield from self._emit(window.finished(block=True, timeout=POLL_S))
+
+    def _stop(self) -> Iterator[Any]:
+        """Finish (or abandon) what is in flight, write it, and stop the run."""
+        if len(self._window):
+            self._progress.note(f"stopping: finishing {len(self._window)} in flight")
+        yield from self._drain()
+        if self._writer is not None:
+            self._writer.flush()
+        self._raise_stop()
+
+    def _raise_stop(self) -> None:
+        raise RunStopped(STOP.reason or "stopped", STOP.exit_code)
+
     def _emit(self, futures: Iterable[concurrent.futures.Future[Any]]) -> Iterator[Any]:
         """The outputs of finished elements, counting their tokens and reporting progress."""
         for future in futures:
+            if future.cancelled():
+                continue
             element, outcome = future.result()
+            self._finished += 1
             if isinstance(outcome, BaseException):
                 count_tokens(getattr(outcome, "usage", None) or {})
                 failure = self.failure(element, outcome)
                 Metrics.counter(self.stage, "failures").inc()
                 self._progress.report(f"failed: {failure.error_type}")
+                self._failed += 1
+                self._brake()
                 yield beam.pvalue.TaggedOutput(FAILURES, failure)
                 continue
             outputs, usage = outcome
             tokens = count_tokens(usage)
+            if self._writer is not None:
+                key = self.checkpoint_key(element)
+                if key is not None:
+                    self._writer.add(key, outputs)
             yield from outputs
             self._progress.report(self.note(outputs), tokens)
+
+    def _brake(self) -> None:
+        """Stop the run when failures pass the configured share of finished elements."""
+        control = self.control
+        if control is None or self._finished < control.failure_rate_after:
+            return
+        rate = self._failed / self._finished
+        if rate > control.max_failure_rate and STOP.request(
+            f"{self.stage}: {self._failed} of {self._finished} failed ({rate:.0%}), above "
+            f"control.max_failure_rate {control.max_failure_rate:.0%}; look at the errors, fix "
+            "the cause (server, model, specs) and rerun the same command to resume"
+        ):
+            self._progress.note(f"stopping the run: failure rate {rate:.0%}")
 
 
 def failure_from(stage: str, input_id: str, error: BaseException, source: str = "") -> Failure:

@@ -96,11 +96,22 @@ def run(
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
 
+    from pipelines.batching import RunStopped
     from pipelines.dataflow import pipeline_from_args
     from pipelines.run import run as run_mill
 
     beam_args = [a for a in ctx.args if a != "--"]
-    manifest = run_mill(cfg, pipeline_from_args(beam_args) if beam_args else None)
+    try:
+        manifest = run_mill(cfg, pipeline_from_args(beam_args) if beam_args else None)
+    except RunStopped as exc:
+        err.print(f"[yellow]{escape(str(exc))}[/yellow]", soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from exc
+    reused = manifest.get("resume", {}).get("reused", {})
+    if any(reused.values()):
+        err.print(
+            "reused from the checkpoint: "
+            + ", ".join(f"{n} {stage}" for stage, n in reused.items() if n)
+        )
     counts = manifest["counts"]
     err.print(
         f"[green]done[/green] in {manifest['timings']['wall_seconds']} s: "

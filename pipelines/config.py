@@ -58,6 +58,30 @@ class JudgeConfig(BaseModel):
     sampling: Sampling = Sampling(temperature=0.2, max_tokens=320)
 
 
+class ControlConfig(BaseModel):
+    """How a run guards itself: checkpoints and the failure brake. None of it shapes the data, so
+    it stays out of the fingerprint (changing it still resumes the same work)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint_every: int = Field(
+        default=16, ge=1, description="Finished elements per checkpoint part file (per stage)."
+    )
+    checkpoint_seconds: float = Field(
+        default=30.0, gt=0, description="Write a checkpoint part at least this often."
+    )
+    max_failure_rate: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Stop the run once more than this share of a stage's finished elements "
+        "are failures (1.0 never stops).",
+    )
+    failure_rate_after: int = Field(
+        default=20, ge=1, description="Finished elements a stage needs before the brake applies."
+    )
+
+
 class RunConfig(BaseModel):
     """Everything a run needs; a rerun with the same config makes the same data."""
 
@@ -93,9 +117,10 @@ class RunConfig(BaseModel):
         "a new one starting as soon as any ends. An episode waits on one request at a time, "
         "so this is also what can keep each model's max_in_flight requests busy.",
     )
+    control: ControlConfig = ControlConfig()
 
     def fingerprint(self) -> str:
-        body = self.model_dump(mode="json", exclude={"out"})
+        body = self.model_dump(mode="json", exclude={"out", "control"})
         for role in ROLES:
             body["models"][role].pop("api_key", None)
         return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]

@@ -76,8 +76,15 @@ def _iso(timestamp: float) -> str:
 
 
 def build_manifest(
-    config: RunConfig, out: Path, result: Any, started_at: float, finished_at: float
+    config: RunConfig,
+    out: Path,
+    result: Any,
+    started_at: float,
+    finished_at: float,
+    reused: dict[str, int] | None = None,
 ) -> dict[str, Any]:
+    """The manifest of the run folder `out`; `reused` counts, per stage, the finished work the
+    run took from its checkpoint instead of recomputing it (tokens count only new work)."""
     counts = {folder: count_rows(out / folder) for folder in OUTPUT_FOLDERS}
     failure_stages = Counter(_column(out / "failures", "stage"))
     failure_types = Counter(
@@ -124,6 +131,10 @@ def build_manifest(
         "engines": [engine.summary() for engine in engines(config.models.by_role())],
         "tokens": dict(sorted(tokens.items())),
         "tokens_by_model": tokens_by_model(tokens, models),
+        "resume": {
+            "checkpoint": f"_work/{config.fingerprint()}",
+            "reused": dict(reused or {}),
+        },
         "timings": {
             "wall_seconds": round(finished_at - started_at, 1),
             "stage_busy_seconds": {k: round(v, 1) for k, v in sorted(busy.items())},

@@ -2,13 +2,23 @@
 
 `run(config)` builds the pipeline on Beam's in-process runner (no Prism download), runs it, then
 writes `manifest.json` and `README.md` from what actually landed on disk.
+
+Finished work is checkpointed as it finishes (`pipelines/resume.py`), so a run that was killed or
+stopped resumes when the same command runs again: the output folders are then written anew from
+the reused and the new work. Ctrl-C asks every stage to stop gracefully (a second Ctrl-C abandons
+what is in flight); a stage whose failures pass `control.max_failure_rate` stops the run too.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +26,9 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+from pipelines import resume as checkpoints
 from pipelines import runtime, storage
+from pipelines.batching import STOP, RunStopped
 from pipelines.card import write_card
 from pipelines.config import RunConfig
 from pipelines.manifest import build_manifest
@@ -37,30 +49,55 @@ from schemas.records import Failure
 from toolspecs.load import LIBRARY
 
 
-def build(pipeline: beam.Pipeline, config: RunConfig) -> None:
-    """Add every stage of the mill to `pipeline`, writing under `config.out`."""
+def build(
+    pipeline: beam.Pipeline, config: RunConfig, resume: checkpoints.Resume | None = None
+) -> None:
+    """Add every stage of the mill to `pipeline`, writing under `config.out`.
+
+    With `resume`, stages checkpoint what they finish and the work it holds is reused.
+    """
     out = config.out.rstrip("/")
     paths = config.toolspecs or [str(LIBRARY)]
 
-    if config.domain:  # a tau-bench-like domain brings its own agent and tasks
+    def control(stage: str) -> checkpoints.StageControl | None:
+        return resume.control(stage, config) if resume is not None else None
+
+    def reused(stage: str, fresh: Any) -> Any:
+        """`fresh` plus the stage's outputs reused from the checkpoint."""
+        if resume is None or not resume.chosen.get(stage):
+            return fresh
+        label = stage.capitalize()
+        old = pipeline | f"Reused{label}" >> checkpoints.ReadCheckpoint(stage, resume.plan(stage))
+        return (fresh, old) | f"All{label}" >> beam.Flatten()
+
+    if config.domain:  # a tau-bench-like domain brings its own agent and tasks (no model)
         specs, agents, tasks, domain_failures = pipeline | "LoadDomain" >> LoadDomain(config)
         front_failures: tuple[Any, ...] = (domain_failures,)
     else:
         loaded = pipeline | "LoadToolSpecs" >> LoadToolSpecs(paths)
         specs = loaded.specs
-        composed = specs | "ComposeAgents" >> ComposeAgents(config)
-        agents = composed.agents | "DropSlot" >> beam.Map(lambda pair: pair[1])
-        generated = composed.agents | "GenerateTasks" >> GenerateTasks(config)
-        tasks = generated.tasks
+        composed = specs | "ComposeAgents" >> ComposeAgents(config, control("agents"))
+        slotted = reused("agents", composed.agents)
+        agents = slotted | "DropSlot" >> beam.Map(lambda pair: pair[1])
+        generated = slotted | "GenerateTasks" >> GenerateTasks(config, control("tasks"))
+        tasks = reused("tasks", generated.tasks)
         front_failures = (loaded.failures, composed.failures, generated.failures)
 
     pairs = join_tasks_with_agents(tasks, agents, "Episodes")
-    played = pairs | "RunEpisodes" >> RunEpisodes(config)
-    trajectories = played.trajectories
-    judged = (
-        join_trajectories_with_tasks(trajectories, tasks)
-        | "JudgeTrajectories" >> JudgeTrajectories(config)
-    )
+    played = pairs | "RunEpisodes" >> RunEpisodes(config, control("episodes"))
+    trajectories = reused("episodes", played.trajectories)
+    to_judge = join_trajectories_with_tasks(trajectories, tasks)
+    judged = to_judge | "JudgeTrajectories" >> JudgeTrajectories(config, control("judge"))
+    if resume is not None and resume.chosen.get("judge"):
+        done = frozenset(resume.chosen["judge"])
+        again = checkpoints.rejoin_judgements(
+            to_judge | "JudgedBefore" >> beam.Filter(lambda pair: pair[0].id in done),
+            pipeline | "ReusedJudge" >> checkpoints.ReadCheckpoint("judge", resume.plan("judge")),
+        )
+        passed = (judged.passed, again.passed) | "AllPassed" >> beam.Flatten()
+        rejected = (judged.rejected, again.rejected) | "AllRejected" >> beam.Flatten()
+    else:
+        passed, rejected = judged.passed, judged.rejected
     rl = join_tasks_with_agents(tasks, agents, "RL") | "ToRLTasks" >> beam.Map(rl_task)
 
     failures = (
@@ -77,10 +114,10 @@ def build(pipeline: beam.Pipeline, config: RunConfig) -> None:
     _ = trajectories | "WriteTrajectories" >> WriteRecords(
         f"{out}/trajectories", arrow.TRAJECTORY_SCHEMA, arrow.to_row
     )
-    _ = judged.passed | "WriteSFT" >> WriteRecords(
+    _ = passed | "WriteSFT" >> WriteRecords(
         f"{out}/sft", arrow.SFT_SCHEMA, lambda pair: arrow.sft_row(*pair)
     )
-    _ = judged.rejected | "WriteRejected" >> WriteRecords(
+    _ = rejected | "WriteRejected" >> WriteRecords(
         f"{out}/rejected", arrow.REJECTED_SCHEMA, arrow.rejected_row
     )
     _ = rl | "WriteRL" >> WriteRecords(f"{out}/rl", arrow.RL_SCHEMA, arrow.to_row)
@@ -102,26 +139,96 @@ def run(config: RunConfig, pipeline: beam.Pipeline | None = None) -> dict[str, A
     """Run the mill for `config` and return the manifest it wrote.
 
     `config.out` may be a local folder or a URI (`gs://...`) that Beam's filesystems can write.
+    Raises `RunStopped` when the run stopped early (Ctrl-C, failure brake); rerun to resume.
     """
     out = storage.run_path(config.out)
     _prepare_output(out)
+    resume = checkpoints.prepare(config)
+    reused = resume.reused()
     started = time.time()
     print(
         f"agentmill: {config.episodes} episodes -> {out} (config {config.fingerprint()})",
         file=sys.stderr,
         flush=True,
     )
+    if any(reused.values()):
+        print(
+            "agentmill: resuming from the checkpoint: "
+            + ", ".join(f"{n} {stage}" for stage, n in reused.items() if n),
+            file=sys.stderr,
+            flush=True,
+        )
     pipeline = pipeline or in_process_pipeline()
-    build(pipeline, config)
+    build(pipeline, config, resume)
+    STOP.reset()
     try:
-        result = pipeline.run()
-        result.wait_until_finish()
+        with _graceful_interrupt():
+            result = pipeline.run()
+            result.wait_until_finish()
+    except Exception:
+        if STOP.requested:
+            raise RunStopped(_stopped_message(config, resume), STOP.exit_code) from None
+        raise
     finally:
+        STOP.reset()  # a stop belongs to this run; pipelines built later start clean
         runtime.close_models()
-    manifest = build_manifest(config, out, result, started_at=started, finished_at=time.time())
+    manifest = build_manifest(
+        config, out, result, started_at=started, finished_at=time.time(), reused=reused
+    )
     storage.write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     write_card(out, manifest)
     return manifest
+
+
+def _stopped_message(config: RunConfig, resume: checkpoints.Resume) -> str:
+    return (
+        f"stopped: {STOP.reason}. Finished work is kept in {resume.root}; run the same command "
+        "again (same config) to resume."
+    )
+
+
+@contextmanager
+def _graceful_interrupt() -> Iterator[None]:
+    """Ctrl-C asks the stages to stop; a second abandons what is in flight; a third aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    presses = 0
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal presses
+        presses += 1
+        if presses == 1:
+            STOP.request("interrupted (Ctrl-C)", exit_code=130)
+            print(
+                "\nagentmill: stopping: no new work starts, what is in flight finishes and is "
+                "kept (Ctrl-C again to abandon it)",
+                file=sys.stderr,
+                flush=True,
+            )
+        elif presses == 2:
+            STOP.abandon = True
+            print("\nagentmill: abandoning work in flight", file=sys.stderr, flush=True)
+        else:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    quiet = _QuietStop()
+    beam_log = logging.getLogger("apache_beam.runners.common")
+    beam_log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        beam_log.removeFilter(quiet)
+
+
+class _QuietStop(logging.Filter):
+    """Beam logs a DoFn's exception with its traceback; a requested stop is not an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, RunStopped)
 
 
 def _prepare_output(out: storage.RunPath) -> None:

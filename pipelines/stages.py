@@ -17,6 +17,7 @@ from filters.judge import checks_judgement, judge
 from filters.reward import score_trajectory, with_reward
 from pipelines.batching import FAILURES, AsyncBatchFn, Handled, failure_from
 from pipelines.config import RunConfig
+from pipelines.resume import StageControl
 from pipelines.runtime import model
 from schemas.records import (
     AgentSpec,
@@ -50,6 +51,12 @@ def fixed_batches(size: int) -> beam.BatchElements:
     would run the first episodes one at a time and leave the engine idle.
     """
     return beam.BatchElements(min_batch_size=size, max_batch_size=size)
+
+
+def _controlled(fn: AsyncBatchFn, control: StageControl | None) -> AsyncBatchFn:
+    """`fn` with checkpointing, skipping and the failure brake of `control` (None: off)."""
+    fn.control = control
+    return fn
 
 
 class _LoadFileFn(beam.DoFn):
@@ -102,13 +109,17 @@ class _ComposeAgentFn(AsyncBatchFn):
     def failure(self, slot: int, error: BaseException) -> Failure:
         return failure_from(self.stage, f"agent-slot-{slot}", error)
 
+    def checkpoint_key(self, slot: int) -> str:
+        return str(slot)
+
 
 class ComposeAgents(beam.PTransform):
     """ToolSpec pool -> (slot, AgentSpec) for every agent the run needs, plus Failures."""
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, control: StageControl | None = None) -> None:
         super().__init__()
         self.config = config
+        self.control = control
 
     def expand(self, specs: Any) -> Any:
         n_agents = math.ceil(self.config.episodes / self.config.tasks_per_agent)
@@ -117,7 +128,10 @@ class ComposeAgents(beam.PTransform):
             | "AgentSlots" >> beam.Create(list(range(n_agents)))
             | "BatchSlots" >> fixed_batches(self.config.batch_size)
             | "Compose"
-            >> beam.ParDo(_ComposeAgentFn(self.config, n_agents), beam.pvalue.AsList(specs))
+            >> beam.ParDo(
+                _controlled(_ComposeAgentFn(self.config, n_agents), self.control),
+                beam.pvalue.AsList(specs),
+            )
             .with_outputs(FAILURES, main="agents")
         )
 
@@ -144,13 +158,17 @@ class _WriteTaskFn(AsyncBatchFn):
         index, agent = element
         return failure_from(self.stage, f"{agent.id}#task-{index}", error)
 
+    def checkpoint_key(self, element: tuple[int, AgentSpec]) -> str:
+        return str(element[0])
+
 
 class GenerateTasks(beam.PTransform):
     """(slot, AgentSpec) -> Tasks: `tasks_per_agent` each, `episodes` in all, plus Failures."""
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, control: StageControl | None = None) -> None:
         super().__init__()
         self.config = config
+        self.control = control
 
     def expand(self, agents: Any) -> Any:
         per, total = self.config.tasks_per_agent, self.config.episodes
@@ -164,7 +182,9 @@ class GenerateTasks(beam.PTransform):
             agents
             | "TaskSlots" >> beam.FlatMap(task_slots)
             | "BatchTaskSlots" >> fixed_batches(self.config.batch_size)
-            | "Write" >> beam.ParDo(_WriteTaskFn(self.config)).with_outputs(FAILURES, main="tasks")
+            | "Write"
+            >> beam.ParDo(_controlled(_WriteTaskFn(self.config), self.control))
+            .with_outputs(FAILURES, main="tasks")
         )
 
 
@@ -234,6 +254,9 @@ class _EpisodeFn(AsyncBatchFn):
     def failure(self, element: tuple[Task, AgentSpec], error: BaseException) -> Failure:
         return failure_from(self.stage, element[0].id, error)
 
+    def checkpoint_key(self, element: tuple[Task, AgentSpec]) -> str:
+        return element[0].id
+
 
 class RunEpisodes(beam.PTransform):
     """(Task, AgentSpec) -> Trajectories, plus Failures.
@@ -242,9 +265,10 @@ class RunEpisodes(beam.PTransform):
     starting whenever another ends, each emitted as soon as it ends.
     """
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, control: StageControl | None = None) -> None:
         super().__init__()
         self.config = config
+        self.control = control
 
     def expand(self, pairs: Any) -> Any:
         return (
@@ -252,7 +276,8 @@ class RunEpisodes(beam.PTransform):
             | "BatchEpisodes"
             >> fixed_batches(self.config.batch_size)
             | "Play"
-            >> beam.ParDo(_EpisodeFn(self.config)).with_outputs(FAILURES, main="trajectories")
+            >> beam.ParDo(_controlled(_EpisodeFn(self.config), self.control))
+            .with_outputs(FAILURES, main="trajectories")
         )
 
 
@@ -306,20 +331,25 @@ class _JudgeFn(AsyncBatchFn):
     def failure(self, element: tuple[Trajectory, Task], error: BaseException) -> Failure:
         return failure_from(self.stage, element[1].id, error)
 
+    def checkpoint_key(self, element: tuple[Trajectory, Task]) -> str:
+        return element[0].id
+
 
 class JudgeTrajectories(beam.PTransform):
     """(Trajectory, Task) -> passing (Trajectory, Judgement), `rejected`, and `failures`."""
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, control: StageControl | None = None) -> None:
         super().__init__()
         self.config = config
+        self.control = control
 
     def expand(self, pairs: Any) -> Any:
         return (
             pairs
             | "BatchJudging" >> fixed_batches(self.config.batch_size)
             | "Judge"
-            >> beam.ParDo(_JudgeFn(self.config)).with_outputs(FAILURES, "rejected", main="passed")
+            >> beam.ParDo(_controlled(_JudgeFn(self.config), self.control))
+            .with_outputs(FAILURES, "rejected", main="passed")
         )
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jsonschema
+import referencing
 from jsonschema.validators import validator_for
 
 from schemas.records import Message, TokenCount
@@ -34,12 +35,17 @@ def count(usage: Usage, role: str, completion: Completion, wait_s: float = 0.0) 
     )
 
 
+NO_REMOTE = referencing.Registry()
+"""An empty registry: a `$ref` outside the schema is unresolvable instead of fetched (jsonschema
+would otherwise download it)."""
+
+
 def schema_errors(schema: dict[str, Any], value: Any) -> list[str]:
     """Validation errors of `value` against `schema`, as `pointer: message` strings."""
     cls = validator_for(schema, default=jsonschema.Draft202012Validator)
     return [
         f"/{'/'.join(str(p) for p in e.absolute_path)}: {e.message}"
-        for e in cls(schema).iter_errors(value)
+        for e in cls(schema, registry=NO_REMOTE).iter_errors(value)
     ]
 
 

@@ -266,7 +266,25 @@ def test_run_folder_helpers_work_on_an_object_store(
 
     _prepare_output(out)
     left = {p.relative_to(bucket).as_posix() for p in bucket.rglob("*") if p.is_file()}
-    assert left == {"runs/x-other/sft/keep.parquet"}
+    assert {p for p in left if not p.startswith("runs/x/_work/")} == {
+        "runs/x-other/sft/keep.parquet"
+    }
+    # Checkpoints stay for a resume: the same config reuses them from the store, another
+    # config's run deletes them.
+    from pipelines.resume import prepare
+    from tests.test_pipeline import scripted_config
+
+    assert prepare(scripted_config("fakegs://runs/x", episodes=16, seed=3)).reused() == {
+        "agents": 8, "tasks": 16, "episodes": 16, "judge": 16
+    }
+    prepare(scripted_config("fakegs://runs/x", episodes=16, seed=4))
+    assert not list((bucket / "runs" / "x").rglob("*.parquet"))
+    from pipelines.resume import checkpoint_rows, write_part
+    from tests.helpers import task
+
+    written = write_part("fakegs://runs/x/_work/f/tasks", checkpoint_rows("0", [task()]))
+    assert written.startswith("fakegs://runs/x/_work/f/tasks/part-")
+    assert [p.name[:5] for p in (bucket / "runs/x/_work/f/tasks").iterdir()] == ["part-"]
     assert not FileSystems.exists("fakegs://runs/x/manifest.json")
     with pytest.raises(FileNotFoundError):
         read_rows(out / "sft")

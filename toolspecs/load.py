@@ -22,6 +22,12 @@ from schemas.records import Failure, ToolSpec
 LIBRARY = Path(__file__).parent / "library"
 SPEC_SUFFIXES = (".json", ".jsonl")
 STAGE = "load_toolspecs"
+MAX_SPEC_CHARS = 200_000
+"""A tool's spec as JSON text may be this long (the largest of 2,915 real MCP tools is ~53 KB);
+a larger one would not fit a prompt, and validating it takes seconds."""
+MAX_SPEC_DEPTH = 64
+"""JSON nesting a tool's spec may have (real MCP tools reach 17); deeper ones would exhaust
+Python's recursion in schema validation."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,9 @@ def load_file(path: str | Path) -> Iterator[ToolSpec | Failure]:
         documents = _documents(path, text)
     except json.JSONDecodeError as exc:
         yield _file_failure(path, "JSONDecodeError", f"not JSON: {exc}")
+        return
+    except RecursionError:
+        yield _file_failure(path, "SpecTooDeep", "JSON nested too deeply to read")
         return
     default_domain = _slug(path.stem)
     seen: set[tuple[str, str]] = set()
@@ -114,6 +123,11 @@ def parse_entry(
     if not isinstance(entry, dict):
         problem = SpecProblem(file, str(name), where, "a tool spec must be a JSON object")
         return _failure(file, where, str(name), "InvalidSpec", [problem])
+    limit = _limit_problem(entry)
+    if limit is not None:
+        kind, message = limit
+        problem = SpecProblem(file, str(name), where, message)
+        return _failure(file, where, str(name), kind, [problem])
     data, source = _normalize(entry, default_domain)
     source = "openai" if openai else source
     problems = [
@@ -133,6 +147,27 @@ def parse_entry(
     return spec
 
 
+def _limit_problem(entry: dict[str, Any]) -> tuple[str, str] | None:
+    """("SpecTooDeep" | "SpecTooLarge", message) when `entry` passes a size limit, else None.
+
+    Walks iteratively, so a hostile depth cannot exhaust the stack here either.
+    """
+    deepest, stack = 0, [(entry, 1)]
+    while stack:
+        value, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > MAX_SPEC_DEPTH:
+            return "SpecTooDeep", f"nested more than {MAX_SPEC_DEPTH} levels deep"
+        if isinstance(value, dict):
+            stack.extend((child, depth + 1) for child in value.values())
+        elif isinstance(value, list):
+            stack.extend((child, depth + 1) for child in value)
+    size = len(json.dumps(entry, ensure_ascii=False))
+    if size > MAX_SPEC_CHARS:
+        return "SpecTooLarge", f"{size:,} characters of JSON, more than {MAX_SPEC_CHARS:,}"
+    return None
+
+
 def check_parameters_schema(schema: Any) -> list[tuple[str, str]]:
     """Problems with a parameters schema as (pointer below it, message); empty when valid."""
     if not isinstance(schema, dict):
@@ -145,8 +180,33 @@ def check_parameters_schema(schema: Any) -> list[tuple[str, str]]:
     return []
 
 
+def _remote_refs(schema: Any, pointer: str = "") -> list[tuple[str, str]]:
+    """`$ref`s that point outside the schema: refused, since nothing is ever fetched."""
+    problems: list[tuple[str, str]] = []
+    stack = [(schema, pointer)]
+    while stack:
+        value, at = stack.pop()
+        if isinstance(value, dict):
+            for key, child in value.items():
+                here = f"{at}/{_pointer([key])[1:]}"
+                if key in ("$ref", "$dynamicRef") and isinstance(child, str) and not (
+                    child.startswith("#")
+                ):
+                    problems.append((here, f"{child!r} points outside the schema; only local "
+                                           "references ('#/...') are allowed, nothing is fetched"))
+                else:
+                    stack.append((child, here))
+        elif isinstance(value, list):
+            stack.extend((child, f"{at}/{index}") for index, child in enumerate(value))
+    return sorted(problems)
+
+
 def _schema_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
+    for key in ("parameters", "returns"):
+        problems += _remote_refs(data.get(key), f"/{key}")
+    if problems:
+        return problems
     if "parameters" in data:
         problems += [(f"/parameters{p}", m) for p, m in check_parameters_schema(data["parameters"])]
     returns = data.get("returns")

@@ -58,7 +58,9 @@ class OpenAIChatModel(ConstrainedChatModel):
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
         retry_after_max_s: float = 60.0,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        """`transport` replaces the network (tests and `simulators.llm.faults` use it)."""
         self.name = config.display_name()
         self.bound_strings, self.bound_items = config.generation_bounds()
         self.config = config
@@ -75,6 +77,7 @@ class OpenAIChatModel(ConstrainedChatModel):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rng = random.Random()
         self._tls: ssl.SSLContext | None = None
+        self._transport = transport
 
     # -- transport -------------------------------------------------------------------------------
 
@@ -105,6 +108,7 @@ class OpenAIChatModel(ConstrainedChatModel):
                         max_connections=size, max_keepalive_connections=size, keepalive_expiry=30.0
                     ),
                     follow_redirects=False,
+                    transport=self._transport,
                 )
                 for size in sizes
             ]

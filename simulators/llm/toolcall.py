@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from typing import Any
 
 from schemas.records import FunctionCall, Message, ToolCall, canonical_json, content_id
@@ -21,6 +22,22 @@ GRAMMAR_UNSUPPORTED = ("uniqueItems", "contains", "minContains", "maxContains", 
 """Keywords xgrammar refuses; dropped from the generation copy, still enforced on validation."""
 MAX_MAGNITUDE = 1_000_000_000
 LITERALS = frozenset({"enum", "const", "default", "examples", "required"})
+ROLE_MARKER = re.compile(
+    r"<\|[A-Za-z0-9_]{1,40}\|>"  # ChatML, Llama 3, Phi: <|im_start|>, <|eot_id|>...
+    r"|</?s>|\[/?INST\]|<</?SYS>>"  # Llama 2, Mistral
+    r"|<(?:start|end)_of_turn>"  # Gemma
+)
+ZERO_WIDTH_SPACE = "\u200b"
+
+
+def defuse_markers(text: str) -> str:
+    """`text` with chat-template control tokens broken by a zero-width space.
+
+    Tokenizers turn special-token text inside a prompt into the real token, so a tool description
+    or a model answer holding `<|im_start|>system` would open a new turn. Prompts only: the
+    records keep the text as it was.
+    """
+    return ROLE_MARKER.sub(lambda m: m.group(0)[0] + ZERO_WIDTH_SPACE + m.group(0)[1:], text)
 
 
 def render_tools(tools: list[dict[str, Any]]) -> str:
@@ -143,6 +160,10 @@ def parse_agent_output(text: str, call_salt: str) -> tuple[str | None, list[Tool
         calls = value["tool_calls"]
         if not isinstance(calls, list) or not calls:
             raise ModelOutputError("tool_calls must be a non-empty list", text)
+        if len(calls) > MAX_CALLS_PER_TURN:
+            raise ModelOutputError(
+                f"{len(calls)} tool calls in one turn, at most {MAX_CALLS_PER_TURN}", text
+            )
         parsed: list[ToolCall] = []
         for index, call in enumerate(calls):
             if not isinstance(call, dict) or not isinstance(call.get("name"), str):
@@ -197,6 +218,8 @@ def to_plain_messages(messages: list[Message], tools: list[dict[str, Any]] | Non
             plain.append({"role": "user", "content": message.content or ""})
     if tools and not any(m["role"] == "system" for m in plain):
         plain.insert(0, {"role": "system", "content": render_tools(tools)})
+    for message in plain:
+        message["content"] = defuse_markers(message["content"])
     return _merge_consecutive(plain)
 
 
