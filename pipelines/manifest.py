@@ -18,6 +18,7 @@ from typing import Any
 
 from pipelines.config import ROLES, RunConfig
 from pipelines.parquet_io import OUTPUT_FOLDERS, count_rows, read_column
+from pipelines.resume import work_key
 from simulators.llm.engines import engines
 
 EPISODE_STAGES = ("episodes", "judge")
@@ -132,7 +133,7 @@ def build_manifest(
         "tokens": dict(sorted(tokens.items())),
         "tokens_by_model": tokens_by_model(tokens, models),
         "resume": {
-            "checkpoint": f"_work/{config.fingerprint()}",
+            "checkpoint": f"_work/{work_key(config)}",
             "reused": dict(reused or {}),
         },
         "timings": {

@@ -1,18 +1,20 @@
 """Checkpoints that make a run resumable: finished work is kept as it finishes, and reused.
 
 Every model-driven stage (agents, tasks, episodes, judge) appends what it finished to small
-Parquet part files under `OUT/_work/<fingerprint>/<stage>/`, each written whole to a temporary
-name and then renamed, so a killed process leaves complete parts or none. A rerun with the same
-config fingerprint reads the parts back: inputs already finished are skipped and their outputs
-come from the checkpoint, then every output folder is written again from old and new work alike.
-A different fingerprint (another model, prompt, seed...) never sees them: its area is another
-folder, and stale areas are deleted when a run starts.
+Parquet part files under `OUT/_work/<fingerprint>-<inputs hash>/<stage>/`, each written whole
+to a temporary name and then renamed, so a killed process leaves complete parts or none. A
+rerun with the same config fingerprint and the same input files reads the parts back: inputs
+already finished are skipped and their outputs come from the checkpoint, then every output
+folder is written again from old and new work alike. Another fingerprint (another model,
+prompt, seed...) or edited input files never see them: their area is another folder, and stale
+areas are deleted when a run starts.
 
 Failures are not checkpointed: a rerun tries those inputs again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import sys
@@ -32,6 +34,7 @@ from pipelines import storage
 from pipelines.config import RunConfig
 from pipelines.parquet_io import read_table
 from schemas.records import AgentSpec, Judgement, RejectedTrajectory, Task, Trajectory
+from toolspecs.load import LIBRARY
 
 WORK = "_work"
 STAGES = ("agents", "tasks", "episodes", "judge")
@@ -59,8 +62,33 @@ class StageControl:
     failure_rate_after: int = 20
 
 
+def inputs_digest(config: RunConfig) -> str:
+    """A hash of the input files' contents (spec files or the domain folder).
+
+    The config names inputs by path; an edited spec file behind the same path must not reuse
+    agents and episodes made from the old text. URIs are named, not read (specs are local).
+    """
+    digest = hashlib.sha256()
+    paths = [config.domain] if config.domain else (config.toolspecs or [str(LIBRARY)])
+    for name in paths:
+        path = Path(name)
+        if storage.is_uri(name) or not path.exists():
+            digest.update(f"{name}\0".encode())
+            continue
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for file in files:
+            digest.update(f"{file.relative_to(path) if file != path else file.name}\0".encode())
+            digest.update(hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest()[:8]
+
+
+def work_key(config: RunConfig) -> str:
+    """The checkpoint area's name: the config fingerprint and the inputs' content hash."""
+    return f"{config.fingerprint()}-{inputs_digest(config)}"
+
+
 def work_root(config: RunConfig) -> storage.RunPath:
-    return storage.run_path(config.out) / WORK / config.fingerprint()
+    return storage.run_path(config.out) / WORK / work_key(config)
 
 
 def checkpoint_rows(key: str, outputs: list[Any]) -> list[dict[str, str]]:
@@ -158,7 +186,8 @@ class Resume:
             "tasks": {str(index) for index in range(config.episodes)},
         }
         parents: set[str] | None = None
-        for stage in STAGES:
+        # A domain brings its agent and tasks from files: the chain starts at the episodes.
+        for stage in STAGES[2:] if config.domain else STAGES:
             chosen: dict[str, tuple[str, str]] = {}
             for file in _parts(root / stage):
                 table = _read_index(file)
@@ -220,7 +249,7 @@ def _read_index(file: Any) -> tuple[list[str], ...] | None:
 def prepare(config: RunConfig) -> Resume:
     """Delete other fingerprints' areas and half-written parts, then load this one's."""
     out = storage.run_path(config.out)
-    mine = config.fingerprint()
+    mine = work_key(config)
     work = out / WORK
     if isinstance(work, Path):
         stale = [p for p in work.iterdir() if p.name != mine] if work.is_dir() else []

@@ -274,10 +274,10 @@ def test_run_folder_helpers_work_on_an_object_store(
     from pipelines.resume import prepare
     from tests.test_pipeline import scripted_config
 
-    assert prepare(scripted_config("fakegs://runs/x", episodes=16, seed=3)).reused() == {
+    assert prepare(scripted_config("fakegs://runs/x", episodes=16, seed=0)).reused() == {
         "agents": 8, "tasks": 16, "episodes": 16, "judge": 16
     }
-    prepare(scripted_config("fakegs://runs/x", episodes=16, seed=4))
+    prepare(scripted_config("fakegs://runs/x", episodes=16, seed=1))
     assert not list((bucket / "runs" / "x").rglob("*.parquet"))
     from pipelines.resume import checkpoint_rows, write_part
     from tests.helpers import task

@@ -16,7 +16,7 @@ import pytest
 
 from pipelines.batching import RunStopped
 from pipelines.parquet_io import count_rows, read_column, read_rows
-from pipelines.resume import STAGES, WORK, Resume, checkpoint_rows, write_part
+from pipelines.resume import STAGES, WORK, Resume, checkpoint_rows, work_key, write_part
 from pipelines.run import run
 from schemas.records import Task
 from simulators.llm import registry
@@ -78,7 +78,8 @@ def test_a_changed_config_does_not_reuse_stale_work(tmp_path: Path) -> None:
     second = run(scripted_config(out, episodes=3, name="model-b"))
     assert first["fingerprint"] != second["fingerprint"]
     assert second["resume"]["reused"] == dict.fromkeys(STAGES, 0)
-    assert sorted(p.name for p in (out / WORK).iterdir()) == [second["fingerprint"]]
+    area = Path(second["resume"]["checkpoint"]).name
+    assert sorted(p.name for p in (out / WORK).iterdir()) == [area]
     models = {json.loads(row)["agent"] for row in read_column(out / "trajectories", "models")}
     assert models == {"scripted:model-b"}
 
@@ -96,7 +97,7 @@ def test_duplicate_checkpoint_parts_give_no_duplicate_rows(tmp_path: Path) -> No
     out = tmp_path / "run"
     config = scripted_config(out, episodes=4)
     run(config)
-    area = out / WORK / config.fingerprint()
+    area = out / WORK / work_key(config)
     for stage in STAGES:
         for part in list((area / stage).glob("part-*.parquet")):
             shutil.copy(part, part.with_name(part.name.replace("part-", "part-9")))
@@ -109,7 +110,7 @@ def test_duplicate_checkpoint_parts_give_no_duplicate_rows(tmp_path: Path) -> No
 def test_resume_keeps_only_work_that_fits_together(tmp_path: Path) -> None:
     """An episode whose task is not reused, or a task whose agent is not, is never reused."""
     config = scripted_config(tmp_path / "run", episodes=4, tasks_per_agent=2)
-    area = tmp_path / "run" / WORK / config.fingerprint()
+    area = tmp_path / "run" / WORK / work_key(config)
     spec = agent()
     kept = task(spec)
     orphan = Task.model_validate({**kept.model_dump(), "id": "", "agent_id": "agent_gone"})
@@ -238,7 +239,7 @@ def test_partly_checkpointed_stages_reuse_what_is_there_and_redo_the_rest(tmp_pa
     out = tmp_path / "run"
     config = scripted_config(out, episodes=6, **{"control.checkpoint_every": 1, "in_flight": 1})
     first = run(config)
-    area = out / WORK / config.fingerprint()
+    area = out / WORK / work_key(config)
     episodes = sorted((area / "episodes").glob("part-*.parquet"))
     judged = sorted((area / "judge").glob("part-*.parquet"))
     assert len(episodes) == len(judged) == 6  # one part per finished input
@@ -250,3 +251,36 @@ def test_partly_checkpointed_stages_reuse_what_is_there_and_redo_the_rest(tmp_pa
     assert len(list((area / "episodes").glob("part-*.parquet"))) == 6  # 2 played again
     assert second["counts"]["trajectories"] == first["counts"]["trajectories"] == 6
     _assert_complete(out, 6)
+
+
+def test_a_domain_run_resumes_its_episodes(tmp_path: Path) -> None:
+    """A domain's agent and tasks come from files, not a checkpoint; its episodes are reused."""
+    out = tmp_path / "run"
+    retail = ROOT / "data" / "domains" / "retail"
+    first = run(scripted_config(out, episodes=3, name="domain", domain=str(retail)))
+    model = _register("domain")
+    try:
+        second = run(scripted_config(out, episodes=3, name="domain", domain=str(retail)))
+    finally:
+        registry.clear()
+    assert model.asked == 0, "finished domain episodes were played again"
+    assert second["resume"]["reused"] == {"agents": 0, "tasks": 0, "episodes": 3, "judge": 3}
+    assert second["counts"] == first["counts"]
+    _assert_complete(out, 3)
+
+
+def test_edited_spec_files_do_not_reuse_work_made_from_the_old_text(tmp_path: Path) -> None:
+    """Same config, same path, other content: a new checkpoint area, nothing reused."""
+    specs = tmp_path / "specs"
+    shutil.copytree(ROOT / "toolspecs" / "library", specs)
+    out = tmp_path / "run"
+    config = scripted_config(out, episodes=2, toolspecs=[str(specs)])
+    run(config)
+    old_area = work_key(config)
+    first_file = sorted(specs.rglob("*.json"))[0]
+    first_file.write_text(first_file.read_text().replace("description", "description", 1) + "\n")
+    assert work_key(config) != old_area
+    second = run(config)
+    assert second["resume"]["reused"] == dict.fromkeys(STAGES, 0)
+    assert [p.name for p in (out / WORK).iterdir()] == [work_key(config)]
+    _assert_complete(out, 2)
