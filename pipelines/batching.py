@@ -185,6 +185,11 @@ class AsyncBatchFn(beam.DoFn):
         """The key under which a finished element is checkpointed; None: not checkpointed."""
         return None
 
+    def also(self, element: Any, outputs: list[Any]) -> list[Any]:
+        """Further outputs made from a finished element, not checkpointed (e.g. the pair the
+        next stage needs, so it runs fused with this one instead of after a join)."""
+        return []
+
     control: StageControl | None = None
     """Checkpointing, skipping and the failure brake; set by the run pipeline, else off."""
 
@@ -296,6 +301,7 @@ class AsyncBatchFn(beam.DoFn):
                 if key is not None:
                     self._writer.add(key, outputs)
             yield from outputs
+            yield from self.also(element, outputs)
             self._progress.report(self.note(outputs), tokens)
 
     def _brake(self) -> None:

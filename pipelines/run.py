@@ -62,12 +62,15 @@ def build(
     def control(stage: str) -> checkpoints.StageControl | None:
         return resume.control(stage, config) if resume is not None else None
 
+    olds: dict[str, Any] = {}
+
     def reused(stage: str, fresh: Any) -> Any:
         """`fresh` plus the stage's outputs reused from the checkpoint."""
         if resume is None or not resume.chosen.get(stage):
             return fresh
         label = stage.capitalize()
         old = pipeline | f"Reused{label}" >> checkpoints.ReadCheckpoint(stage, resume.plan(stage))
+        olds[stage] = old
         return (fresh, old) | f"All{label}" >> beam.Flatten()
 
     if config.domain:  # a tau-bench-like domain brings its own agent and tasks (no model)
@@ -86,7 +89,11 @@ def build(
     pairs = join_tasks_with_agents(tasks, agents, "Episodes")
     played = pairs | "RunEpisodes" >> RunEpisodes(config, control("episodes"))
     trajectories = reused("episodes", played.trajectories)
-    to_judge = join_trajectories_with_tasks(trajectories, tasks)
+    to_judge = played.judge_inputs
+    if "episodes" in olds:
+        # Reused trajectories find their task by a join; fresh ones came paired with theirs.
+        again = join_trajectories_with_tasks(olds["episodes"], tasks)
+        to_judge = (to_judge, again) | "AllToJudge" >> beam.Flatten()
     judged = to_judge | "JudgeTrajectories" >> JudgeTrajectories(config, control("judge"))
     if resume is not None and resume.chosen.get("judge"):
         done = frozenset(resume.chosen["judge"])

@@ -37,6 +37,8 @@ from toolspecs.compose import DIFFICULTIES, choose_tools, write_agent, write_tas
 from toolspecs.domain import load_domain
 from toolspecs.load import load_file, spec_files
 
+JUDGE_INPUTS = "judge_inputs"
+
 
 def stable_seed(*parts: object) -> int:
     """A 31-bit seed from `parts`, stable across processes (unlike `hash`)."""
@@ -257,12 +259,18 @@ class _EpisodeFn(AsyncBatchFn):
     def checkpoint_key(self, element: tuple[Task, AgentSpec]) -> str:
         return element[0].id
 
+    def also(self, element: tuple[Task, AgentSpec], outputs: list[Any]) -> list[Any]:
+        return [beam.pvalue.TaggedOutput(JUDGE_INPUTS, (outputs[0], element[0]))]
+
 
 class RunEpisodes(beam.PTransform):
-    """(Task, AgentSpec) -> Trajectories, plus Failures.
+    """(Task, AgentSpec) -> Trajectories, plus Failures, plus (Trajectory, Task) pairs for the
+    judge (tagged `judge_inputs`).
 
     Tasks arrive in batches; up to `config.in_flight` episodes run at once per worker, a new one
-    starting whenever another ends, each emitted as soon as it ends.
+    starting whenever another ends, each emitted as soon as it ends. The judge takes the pairs
+    as they come: joining trajectories with tasks by key instead would hold every trajectory in
+    the in-process runner's memory until the last episode ended.
     """
 
     def __init__(self, config: RunConfig, control: StageControl | None = None) -> None:
@@ -277,7 +285,7 @@ class RunEpisodes(beam.PTransform):
             >> fixed_batches(self.config.batch_size)
             | "Play"
             >> beam.ParDo(_controlled(_EpisodeFn(self.config), self.control))
-            .with_outputs(FAILURES, main="trajectories")
+            .with_outputs(FAILURES, JUDGE_INPUTS, main="trajectories")
         )
 
 
