@@ -62,10 +62,16 @@ def import_specs(paths: list[str], fmt: Format, out: str | Path) -> dict[str, An
     out = Path(out)
     outcomes = list(import_paths(paths, fmt))
     (out / "specs").mkdir(parents=True, exist_ok=True)
+    # One line per source tool list ({"tools": [...]}), so names stay unique per list as the
+    # loader requires, while two MCP servers in one file may both have, say, `search`.
+    lists: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for outcome in outcomes:
+        if outcome.spec is not None:
+            entry = outcome.pointer.removesuffix("/function")
+            lists[(outcome.file, entry.rpartition("/")[0])].append(outcome.spec.model_dump(mode="json"))
     with (out / "specs" / f"{fmt}.jsonl").open("w", encoding="utf-8") as handle:
-        for outcome in outcomes:
-            if outcome.spec is not None:
-                handle.write(canonical_json(outcome.spec.model_dump(mode="json")) + "\n")
+        for specs in lists.values():
+            handle.write(canonical_json({"tools": specs}) + "\n")
     failures = [o.failure for o in outcomes if o.failure is not None]
     (out / "failures").mkdir(exist_ok=True)
     for old in (out / "failures").glob("*.parquet"):
@@ -184,12 +190,94 @@ class _EvolveToolFn(AsyncBatchFn):
         return failure_from(self.stage, f"tool-slot-{slot}", error)
 
 
-class Dedup(beam.PTransform):
-    """ToolSpecs -> kept ToolSpecs (main) and one record per removed tool (`duplicates`).
+Compact = tuple[str, int, bytes]
+"""(id, source rank, packed token hashes): what dedup shuffles instead of whole specs."""
 
-    Exact: one tool per name (a GroupByKey on the name). Near: MinHash LSH buckets (a
-    GroupByKey on band keys), pairs in a bucket confirmed by exact Jaccard, the worse of each
-    pair removed (a GroupByKey on its id picks the best reason), then a CoGroupByKey on ids.
+
+def _compact(spec: ToolSpec) -> Compact:
+    return spec.id, dd.rank(spec)[0], dd.token_hashes(spec)
+
+
+class NearPairs(beam.PTransform):
+    """Compact tools -> (worse id, (better id, similarity)) for every confirmed near-duplicate.
+
+    Buckets hold only (rank, id); candidate pairs are then confirmed by exact Jaccard after two
+    joins that bring each side's token hashes, so no shuffle carries a tool per band.
+    """
+
+    def __init__(self, bands: int, threshold: float) -> None:
+        super().__init__()
+        self.bands, self.threshold = bands, threshold
+
+    def expand(self, compact: Any) -> Any:
+        bands, threshold = self.bands, self.threshold
+
+        def to_buckets(item: Compact) -> Iterator[tuple[int, dd.Member]]:
+            tool_id, rank, hashes = item
+            for key in dd.band_keys(dd.signature(hashes), bands):
+                yield key, (rank, tool_id)
+
+        def candidates(element: tuple[int, Iterable[dd.Member]]) -> Iterator[tuple[str, str]]:
+            members = list(element[1])
+            if len(members) > 1:
+                yield from dd.bucket_pairs(members)
+
+        pairs = (
+            compact
+            | "Buckets" >> beam.FlatMap(to_buckets)
+            | "GroupBuckets" >> beam.GroupByKey()
+            | "Candidates" >> beam.FlatMap(candidates)
+            | "DistinctPairs" >> beam.Distinct()
+        )
+        hashes = compact | "KeyHashes" >> beam.Map(lambda c: (c[0], c[2]))
+
+        def with_better(element: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
+            better, grouped = element
+            for packed in grouped["hashes"][:1]:
+                for worse in grouped["worse"]:
+                    yield worse, (better, packed)
+
+        def confirm(element: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
+            worse, grouped = element
+            for packed in grouped["hashes"][:1]:
+                for better, better_hashes in grouped["better"]:
+                    similarity = dd.jaccard(packed, better_hashes)
+                    if similarity >= threshold:
+                        yield worse, (better, round(similarity, 4))
+
+        sided = (
+            {"hashes": hashes, "worse": pairs}
+            | "JoinBetter" >> beam.CoGroupByKey()
+            | "WithBetter" >> beam.FlatMap(with_better)
+        )
+        return (
+            {"hashes": hashes, "better": sided}
+            | "JoinWorse" >> beam.CoGroupByKey()
+            | "Confirm" >> beam.FlatMap(confirm)
+        )
+
+
+class _DropRemoved(beam.DoFn):
+    """Specs pass unless their id is in the side input of removed ids; those become records."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def process(self, spec: ToolSpec, removed: dict[str, tuple[str, float]]) -> Iterator[Any]:
+        reason = removed.get(spec.id)
+        if reason is None:
+            yield spec
+        else:
+            record = dd.duplicate_record(spec, reason[0], self.kind, reason[1])
+            yield beam.pvalue.TaggedOutput("duplicates", record)
+
+
+class Dedup(beam.PTransform):
+    """ToolSpecs -> kept ToolSpecs (`kept`) and one record per removed tool (`duplicates`).
+
+    Exact: one tool per name (a GroupByKey on the name over (rank, id) only). Near: MinHash LSH
+    (`NearPairs`) on the survivors, the worse of each confirmed pair removed. Whole specs never
+    go through a shuffle: removed ids reach the filters as side inputs, sized by the duplicates.
     """
 
     def __init__(self, threshold: float = dd.NEAR_THRESHOLD) -> None:
@@ -197,89 +285,47 @@ class Dedup(beam.PTransform):
         self.threshold = threshold
 
     def expand(self, specs: Any) -> Any:
-        threshold = self.threshold
+        def losers(element: tuple[str, Iterable[dd.Member]]) -> Iterator[Any]:
+            ranked = sorted(set(element[1]))
+            for _, tool_id in ranked[1:]:
+                yield tool_id, (ranked[0][1], 1.0)
 
-        def by_name(element: tuple[str, Iterable[ToolSpec]]) -> Iterator[Any]:
-            ranked = sorted(element[1], key=dd.rank)
-            yield ranked[0]
-            for spec in ranked[1:]:
-                yield beam.pvalue.TaggedOutput(
-                    "duplicates", dd.duplicate_record(spec, ranked[0].id, "exact", 1.0)
-                )
-
-        named = (
+        exact = (
             specs
-            | "KeyByName" >> beam.Map(lambda s: (s.name.lower(), s))
+            | "KeyByName" >> beam.Map(lambda s: (s.name.lower(), (dd.rank(s)[0], s.id)))
             | "GroupByName" >> beam.GroupByKey()
-            | "OnePerName" >> beam.FlatMap(by_name).with_outputs("duplicates", main="kept")
+            | "SameName" >> beam.FlatMap(losers)
         )
-        survivors = named.kept
-
-        def to_buckets(spec: ToolSpec) -> Iterator[tuple[str, dd.Member]]:
-            token_set = dd.tokens(spec)
-            member = (dd.rank(spec), spec.id, token_set)
-            for key in dd.band_keys(dd.signature(token_set), dd.REMOVE_BANDS):
-                yield key, member
-
-        def pairs(element: tuple[str, Iterable[dd.Member]]) -> Iterator[Any]:
-            members = list(element[1])
-            if len(members) > 1:
-                for worse, better, similarity in dd.bucket_pairs(members, threshold):
-                    yield worse, (better, similarity)
-
-        removed = (
-            survivors
-            | "Buckets" >> beam.FlatMap(to_buckets)
-            | "GroupBuckets" >> beam.GroupByKey()
-            | "Pairs" >> beam.FlatMap(pairs)
-            | "GroupRemoved" >> beam.GroupByKey()
+        named = specs | "DropExact" >> beam.ParDo(
+            _DropRemoved("exact"), beam.pvalue.AsDict(exact)
+        ).with_outputs("duplicates", main="kept")
+        near = (
+            named.kept
+            | "Compact" >> beam.Map(_compact)
+            | "NearPairs" >> NearPairs(dd.REMOVE_BANDS, self.threshold)
+            | "GroupNear" >> beam.GroupByKey()
             | "BestReason" >> beam.Map(lambda kv: (kv[0], min(kv[1])))
         )
-
-        def split(element: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
-            _, grouped = element
-            for spec in grouped["tool"]:
-                if grouped["removed"]:
-                    better, similarity = grouped["removed"][0]
-                    record = dd.duplicate_record(spec, better, "near", similarity)
-                    yield beam.pvalue.TaggedOutput("duplicates", record)
-                else:
-                    yield spec
-
-        joined = (
-            {"tool": survivors | "KeyById" >> beam.Map(lambda s: (s.id, s)), "removed": removed}
-            | "JoinRemoved" >> beam.CoGroupByKey()
-            | "Split" >> beam.FlatMap(split).with_outputs("duplicates", main="kept")
-        )
+        joined = named.kept | "DropNear" >> beam.ParDo(
+            _DropRemoved("near"), beam.pvalue.AsDict(near)
+        ).with_outputs("duplicates", main="kept")
         duplicates = (named.duplicates, joined.duplicates) | "AllDuplicates" >> beam.Flatten()
         return {"kept": joined.kept, "duplicates": duplicates}
 
 
 class NearDuplicateRate(beam.PTransform):
-    """Kept ToolSpecs -> ids that still have a near-duplicate in the pool (high-recall LSH)."""
+    """Kept ToolSpecs -> ids that still have a near-duplicate in the pool (higher-recall LSH)."""
 
     def __init__(self, threshold: float = dd.NEAR_THRESHOLD) -> None:
         super().__init__()
         self.threshold = threshold
 
     def expand(self, specs: Any) -> Any:
-        threshold = self.threshold
-
-        def to_buckets(spec: ToolSpec) -> Iterator[tuple[str, dd.Member]]:
-            token_set = dd.tokens(spec)
-            for key in dd.band_keys(dd.signature(token_set), dd.MEASURE_BANDS):
-                yield key, (dd.rank(spec), spec.id, token_set)
-
-        def involved(element: tuple[str, Iterable[dd.Member]]) -> Iterator[str]:
-            for worse, better, _ in dd.bucket_pairs(list(element[1]), threshold):
-                yield worse
-                yield better
-
         return (
             specs
-            | "MeasureBuckets" >> beam.FlatMap(to_buckets)
-            | "MeasureGroup" >> beam.GroupByKey()
-            | "Involved" >> beam.FlatMap(involved)
+            | "Compact" >> beam.Map(_compact)
+            | "MeasurePairs" >> NearPairs(dd.MEASURE_BANDS, self.threshold)
+            | "Involved" >> beam.FlatMap(lambda pair: (pair[0], pair[1][0]))
             | "DistinctInvolved" >> beam.Distinct()
         )
 
@@ -314,7 +360,7 @@ class WriteParquet(beam.PTransform):
             | "Write" >> beam.io.WriteToParquet(
                 file_path_prefix=f"{self.folder}/part", schema=self.schema,
                 file_name_suffix=".parquet", shard_name_template="-SSSSS-of-NNNNN",
-                record_batch_size=500,
+                row_group_buffer_size=8 * 1024 * 1024, record_batch_size=500,
             )
         )
 

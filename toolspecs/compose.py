@@ -16,12 +16,20 @@ from schemas.records import AgentSpec, Difficulty, Message, Rubric, Task, ToolSp
 from simulators.ask import Usage, ask
 from simulators.llm.base import ChatModel, Sampling
 
-DIFFICULTIES: tuple[Difficulty, ...] = ("easy", "medium", "hard")
+DIFFICULTIES: tuple[Difficulty, ...] = ("easy", "medium", "hard", "decline")
 DIFFICULTY_BRIEF = {
     "easy": "a request one tool call can serve",
     "medium": "a request that needs two or three tool calls",
     "hard": "a request where a later call needs an id or value returned by an earlier call",
+    "decline": "a related request that none of these tools can serve, so the assistant must "
+    "say it cannot do it (and call no tool)",
 }
+EXPECTED_CALLS = {"easy": (1, 1), "medium": (2, 3), "hard": (2, 4)}
+"""How many tool names a tier's rubric expects (min, max); `decline` expects none."""
+DECLINE_CRITERION = (
+    "The assistant says this is outside what it can do, calls no tool, and does not pretend "
+    "to have done it."
+)
 
 
 def by_domain(pool: Sequence[ToolSpec]) -> dict[str, list[ToolSpec]]:
@@ -123,6 +131,46 @@ async def write_agent(
     )
 
 
+def dependent_chain(tools: Sequence[ToolSpec], seed: str) -> list[ToolSpec]:
+    """Tools in calling order where each feeds the next (2, or 3 when one extends the pair);
+    empty when no offered tool's output feeds another's input."""
+    pairs = [(a, b) for a in tools for b in tools if feeds(a, b)]
+    if not pairs:
+        return []
+    rng = random.Random(f"chain:{seed}")
+    first, then = rng.choice(sorted(pairs, key=lambda p: (p[0].name, p[1].name)))
+    longer = sorted((c for c in tools if c not in (first, then) and feeds(then, c)),
+                    key=lambda t: t.name)
+    return [first, then] + longer[:1]
+
+
+def tier_task_schema(
+    tools: list[ToolSpec], difficulty: Difficulty, chain: Sequence[ToolSpec] = ()
+) -> dict[str, Any]:
+    """`task_schema` for one tier: how many tools the rubric names, or none where the tools
+    are fixed by the tier (a dependent chain) or must not be used (`decline`)."""
+    schema = task_schema(tools)
+    if difficulty == "decline" or (difficulty == "hard" and chain):
+        del schema["properties"]["expected_tools"]
+        schema["required"].remove("expected_tools")
+        return schema
+    low, high = EXPECTED_CALLS[difficulty]
+    expected = schema["properties"]["expected_tools"]
+    expected["minItems"], expected["maxItems"] = min(low, len(tools)), high
+    return schema
+
+
+def tier_rubric_tools(
+    difficulty: Difficulty, answer: dict[str, Any], chain: Sequence[ToolSpec]
+) -> list[str]:
+    """The tool names a tier's rubric expects, in order."""
+    if difficulty == "decline":
+        return []
+    if difficulty == "hard" and chain:
+        return [t.name for t in chain]
+    return list(answer["expected_tools"])
+
+
 def task_schema(tools: list[ToolSpec]) -> dict[str, Any]:
     """What the model must answer to define a task; expected tools come from the offered ones."""
     strings = {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 3}
@@ -175,6 +223,11 @@ async def write_task(
 ) -> Task:
     """A task for `agent` at `difficulty`, with a rubric and the world's initial state."""
     listing = "\n".join(f"- {t.name}: {t.description}" for t in agent.tools)
+    chain = dependent_chain(agent.tools, f"{agent.id}:{index}") if difficulty == "hard" else []
+    brief = DIFFICULTY_BRIEF[difficulty]
+    if chain:
+        brief += ": " + ", then ".join(t.name for t in chain) + ", each with what the one " \
+            "before returned"
     messages = [
         Message(
             role="system",
@@ -185,14 +238,17 @@ async def write_task(
         Message(
             role="user",
             content=f"Assistant: {agent.name}\nTools:\n{listing}\n"
-            f"Write task #{index + 1}: {DIFFICULTY_BRIEF[difficulty]}.",
+            f"Write task #{index + 1}: {brief}.",
         ),
     ]
     completion = await ask(
         model, "synthesizer", usage, messages, sampling,
-        schema=task_schema(agent.tools), attempts=attempts,
+        schema=tier_task_schema(agent.tools, difficulty, chain), attempts=attempts,
     )
     answer = completion.parsed
+    criteria = list(answer["success_criteria"])
+    if difficulty == "decline":
+        criteria.append(DECLINE_CRITERION)
     return Task(
         agent_id=agent.id,
         goal=" ".join(str(answer["goal"]).split()),
@@ -200,8 +256,8 @@ async def write_task(
         user_withholds=list(answer["user_withholds"]),
         difficulty=difficulty,
         rubric=Rubric(
-            success_criteria=list(answer["success_criteria"]),
-            expected_tools=list(answer["expected_tools"]),
+            success_criteria=criteria,
+            expected_tools=tier_rubric_tools(difficulty, answer, chain),
             checkpoints=list(answer["checkpoints"]),
         ),
         initial_state={item["key"]: item["value"] for item in answer["initial_state"]},

@@ -24,10 +24,10 @@ NEAR_THRESHOLD = 0.8
 PERMUTATIONS = 64
 REMOVE_BANDS = 16
 """16 bands of 4 rows: pairs at Jaccard 0.8 share a bucket with probability 0.9998."""
-MEASURE_BANDS = 32
-"""32 bands of 2 rows for measuring what is left: higher recall (0.8 -> 1 - 1e-14; 0.5 -> 0.9998)
+MEASURE_BANDS = 21
+"""21 bands of 3 rows for measuring what is left: higher recall (0.8 -> 1 - 3e-7, 0.6 -> 0.99)
 at the price of more candidate pairs, each checked exactly."""
-MAX_BUCKET = 2000
+MAX_BUCKET = 500
 """A bucket above this is compared only within its first MAX_BUCKET members (by rank)."""
 SOURCE_RANK = {"authored": 0, "mcp": 1, "openai": 1, "bfcl": 1, "synthetic": 2}
 STOPWORDS = frozenset(
@@ -59,65 +59,85 @@ def _words(text: str) -> list[str]:
 
 
 def tokens(spec: ToolSpec) -> frozenset[str]:
-    """What a tool is made of: name words, description words and word pairs, argument names and
-    types, result fields."""
+    """What a tool is made of: name words, description words and word pairs, arguments with
+    their types, result fields."""
     found = {f"n:{w}" for w in _words(spec.name)}
     words = _words(spec.description)
     found |= {f"d:{w}" for w in words}
     found |= {f"d:{a}_{b}" for a, b in itertools.pairwise(words)}
     for name, sub in (spec.parameters.get("properties") or {}).items():
         kind = sub.get("type") if isinstance(sub, dict) else None
-        found.add(f"p:{name}")
         found.add(f"p:{name}:{kind if isinstance(kind, str) else 'any'}")
     returns = spec.returns if isinstance(spec.returns, dict) else {}
     found |= {f"r:{name}" for name in returns.get("properties") or {}}
     return frozenset(found)
 
 
+def token_hashes(spec: ToolSpec) -> bytes:
+    """The tool's tokens as sorted 32-bit hashes, packed: ~4 bytes a token, cheap to shuffle."""
+    values = sorted({_hash64(t) & 0xFFFFFFFF for t in tokens(spec)})
+    return np.array(values, dtype=np.uint32).tobytes()
+
+
 def _hash64(token: str) -> int:
     return int.from_bytes(hashlib.blake2b(token.encode(), digest_size=8).digest(), "little")
 
 
-def signature(token_set: Iterable[str]) -> tuple[int, ...]:
-    """MinHash signature: per permutation, the least (a*h + b) mod p over the tokens' hashes."""
-    hashes = np.array([_hash64(t) % _PRIME for t in token_set] or [0], dtype=np.uint64)
+def signature(hashes: bytes) -> tuple[int, ...]:
+    """MinHash signature: per permutation, the least (a*h + b) mod p over the token hashes."""
+    values = np.frombuffer(hashes, dtype=np.uint32).astype(np.uint64) % _PRIME
+    if not len(values):
+        values = np.zeros(1, dtype=np.uint64)
     # 31-bit values: a * h + b stays below 2**63, so uint64 arithmetic is exact.
-    values = (np.outer(hashes, _A) + _B) % _PRIME
-    return tuple(int(v) for v in values.min(axis=0))
+    mixed = (np.outer(values, _A) + _B) % _PRIME
+    return tuple(int(v) for v in mixed.min(axis=0))
 
 
-def band_keys(sig: Sequence[int], bands: int) -> list[str]:
+def band_keys(sig: Sequence[int], bands: int) -> list[int]:
     """One bucket key per band of `sig`; tools sharing a key are candidates."""
     rows = len(sig) // bands
     return [
-        f"{b}:" + hashlib.blake2b(repr(sig[b * rows:(b + 1) * rows]).encode(),
-                                  digest_size=8).hexdigest()
+        int.from_bytes(hashlib.blake2b(repr((b, sig[b * rows:(b + 1) * rows])).encode(),
+                                       digest_size=8).digest(), "little")
         for b in range(bands)
     ]
 
 
-def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
-    if not a and not b:
-        return 1.0
-    return len(a & b) / len(a | b)
+def jaccard(a: bytes, b: bytes) -> float:
+    """Jaccard similarity of two packed token-hash sets."""
+    left = np.frombuffer(a, dtype=np.uint32)
+    right = np.frombuffer(b, dtype=np.uint32)
+    union = len(np.union1d(left, right))
+    return len(np.intersect1d(left, right, assume_unique=True)) / union if union else 1.0
 
 
-Member = tuple[tuple[int, str], str, frozenset[str]]
-"""(rank, id, tokens) of a tool inside one bucket."""
+Member = tuple[int, str]
+"""(source rank, id) of a tool inside one bucket: all a bucket needs to hold."""
 
 
-def bucket_pairs(
-    members: Iterable[Member], threshold: float = NEAR_THRESHOLD
+def bucket_pairs(members: Iterable[Member]) -> Iterator[tuple[str, str]]:
+    """(better id, worse id) for every candidate pair in one bucket (its first MAX_BUCKET)."""
+    ordered = sorted(set(members))[:MAX_BUCKET]
+    for i, (_, better) in enumerate(ordered):
+        for _, worse in ordered[i + 1:]:
+            yield better, worse
+
+
+def near_pairs(
+    hashes: dict[str, bytes], ranks: dict[str, int], bands: int,
+    threshold: float = NEAR_THRESHOLD,
 ) -> Iterator[tuple[str, str, float]]:
-    """(worse id, better id, similarity) for every pair in one bucket at or above `threshold`."""
-    ordered = sorted(members, key=lambda m: (m[0], m[1]))[:MAX_BUCKET]
-    for i, (_, better, a) in enumerate(ordered):
-        for _, worse, b in ordered[i + 1:]:
-            if better == worse:
-                continue
-            similarity = jaccard(a, b)
-            if similarity >= threshold:
-                yield worse, better, round(similarity, 4)
+    """(worse id, better id, similarity) of every confirmed near-duplicate pair."""
+    buckets: dict[int, list[Member]] = {}
+    for tool_id, packed in hashes.items():
+        for key in band_keys(signature(packed), bands):
+            buckets.setdefault(key, []).append((ranks[tool_id], tool_id))
+    candidates = {pair for members in buckets.values() if len(members) > 1
+                  for pair in bucket_pairs(members)}
+    for better, worse in sorted(candidates):
+        similarity = jaccard(hashes[better], hashes[worse])
+        if similarity >= threshold:
+            yield worse, better, round(similarity, 4)
 
 
 def dedup(
@@ -133,16 +153,11 @@ def dedup(
         else:
             kept_by_name[spec.name.lower()] = spec
     survivors = list(kept_by_name.values())
-    buckets: dict[str, list[Member]] = {}
-    for spec in survivors:
-        token_set = tokens(spec)
-        for key in band_keys(signature(token_set), REMOVE_BANDS):
-            buckets.setdefault(key, []).append((rank(spec), spec.id, token_set))
+    hashes = {s.id: token_hashes(s) for s in survivors}
+    ranks = {s.id: rank(s)[0] for s in survivors}
     best: dict[str, tuple[str, float]] = {}
-    for members in buckets.values():
-        if len(members) > 1:
-            for worse, better, similarity in bucket_pairs(members, threshold):
-                best[worse] = min(best.get(worse, (better, similarity)), (better, similarity))
+    for worse, better, similarity in near_pairs(hashes, ranks, REMOVE_BANDS, threshold):
+        best[worse] = min(best.get(worse, (better, similarity)), (better, similarity))
     by_id = {s.id: s for s in survivors}
     for worse, (better, similarity) in sorted(best.items()):
         removed.append(duplicate_record(by_id[worse], better, "near", similarity))
@@ -152,16 +167,12 @@ def dedup(
 def near_duplicate_ids(
     specs: Sequence[ToolSpec], threshold: float = NEAR_THRESHOLD
 ) -> set[str]:
-    """Tools of `specs` that have a near-duplicate among them (high-recall banding)."""
-    buckets: dict[str, list[Member]] = {}
-    for spec in specs:
-        token_set = tokens(spec)
-        for key in band_keys(signature(token_set), MEASURE_BANDS):
-            buckets.setdefault(key, []).append((rank(spec), spec.id, token_set))
+    """Tools of `specs` that have a near-duplicate among them (higher-recall banding)."""
+    hashes = {s.id: token_hashes(s) for s in specs}
+    ranks = {s.id: rank(s)[0] for s in specs}
     found: set[str] = set()
-    for members in buckets.values():
-        for worse, better, _ in bucket_pairs(members, threshold):
-            found |= {worse, better}
+    for worse, better, _ in near_pairs(hashes, ranks, MEASURE_BANDS, threshold):
+        found |= {worse, better}
     return found
 
 

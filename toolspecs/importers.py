@@ -385,7 +385,7 @@ def check_refs(schema: dict[str, Any], key: str = "") -> None:
                 if ref in expanding:
                     raise Refusal("RecursiveRef", f"$ref {ref!r} refers back into itself", at)
                 if ref not in acyclic:
-                    walk(target(ref, f"{at}/$ref"), at, (*expanding, ref))
+                    walk(target(ref, f"{at}/$ref"), f"{key}{ref[1:]}", (*expanding, ref))
                     acyclic.add(ref)
             for name, value in node.items():
                 if name != "$ref":
