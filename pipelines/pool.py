@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
 import sys
 import time
@@ -68,7 +69,8 @@ def import_specs(paths: list[str], fmt: Format, out: str | Path) -> dict[str, An
     for outcome in outcomes:
         if outcome.spec is not None:
             entry = outcome.pointer.removesuffix("/function")
-            lists[(outcome.file, entry.rpartition("/")[0])].append(outcome.spec.model_dump(mode="json"))
+            tool_list = (outcome.file, entry.rpartition("/")[0])
+            lists[tool_list].append(outcome.spec.model_dump(mode="json"))
     with (out / "specs" / f"{fmt}.jsonl").open("w", encoding="utf-8") as handle:
         for specs in lists.values():
             handle.write(canonical_json({"tools": specs}) + "\n")
@@ -424,8 +426,7 @@ def run_synth(config: PoolConfig, pipeline: beam.Pipeline | None = None) -> dict
     for name in (*OUTPUTS, "pool_report.json", "taxonomy.json"):
         target = out / name
         if target.is_dir():
-            for file in target.iterdir():
-                file.unlink()
+            shutil.rmtree(target)
         elif target.exists():
             target.unlink()
     started = time.time()

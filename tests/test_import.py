@@ -157,13 +157,15 @@ def test_bad_input_is_refused_by_file_and_tool_while_the_rest_imports(tmp_path: 
     (tmp_path / "b_not_utf8.json").write_bytes(b'{"tools": []}\xff\xfe')
     node = {"type": "object", "properties": {"child": {"$ref": "#/$defs/node"}}}
     recursive = {"name": "tree", "description": "Recursive.", "inputSchema": {
-        "type": "object", "$defs": {"node": node}, "properties": {"root": {"$ref": "#/$defs/node"}}}}
+        "type": "object", "$defs": {"node": node},
+        "properties": {"root": {"$ref": "#/$defs/node"}}}}
     dangling = {"name": "dangling", "description": "Points nowhere.", "inputSchema": {
         "type": "object", "properties": {"x": {"$ref": "#/definitions/missing"}}}}
     external = {"name": "remote", "description": "Remote ref.", "inputSchema": {
         "type": "object", "properties": {"x": {"$ref": "https://example.com/s.json"}}}}
+    values = [f"value-{i:07d}" for i in range(300_000)]
     huge = {"name": "huge", "description": "Several MB.", "inputSchema": {
-        "type": "object", "properties": {"x": {"enum": [f"value-{i:07d}" for i in range(300_000)]}}}}
+        "type": "object", "properties": {"x": {"enum": values}}}}
     bad_name = {"name": "get weather", "description": "Space.", "inputSchema": {}}
     dup = {"name": "ok_tool", "description": "Again.", "inputSchema": {}}
     tools = [good, recursive, dangling, external, huge, bad_name, dup]
@@ -191,7 +193,8 @@ def test_bad_input_is_refused_by_file_and_tool_while_the_rest_imports(tmp_path: 
         assert isinstance(outcome.failure, Failure) and outcome.failure.stage == "import_toolspecs"
         if not tool.startswith("("):
             assert repr(tool) in outcome.reason
-    assert "/tools/1/inputSchema/$defs/node/properties/child:" in refused[("c_server.json", "tree")].reason
+    tree = refused[("c_server.json", "tree")].reason
+    assert "/tools/1/inputSchema/$defs/node/properties/child:" in tree
     assert f"{MAX_TOOL_BYTES:,}" in refused[("c_server.json", "huge")].reason
     assert "line 2" in refused[("d_servers.jsonl", "(line)")].reason
     imported = [(Path(o.file).name, o.pointer) for o in outcomes if o.spec is not None]

@@ -141,7 +141,7 @@ def dependent_chain(tools: Sequence[ToolSpec], seed: str) -> list[ToolSpec]:
     first, then = rng.choice(sorted(pairs, key=lambda p: (p[0].name, p[1].name)))
     longer = sorted((c for c in tools if c not in (first, then) and feeds(then, c)),
                     key=lambda t: t.name)
-    return [first, then] + longer[:1]
+    return [first, then, *longer[:1]]
 
 
 def tier_task_schema(
