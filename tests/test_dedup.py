@@ -25,7 +25,7 @@ def variant(spec: ToolSpec, name: str, source: str = "synthetic", drop_word: boo
     text = description or spec.description
     if drop_word and description is None:
         words = text.split()
-        text = " ".join(words[:-1] + ["please."])
+        text = " ".join([*words[:-1], "please."])
     return spec.model_copy(update={"name": name, "description": text, "source": source, "id": ""})
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 from collections import Counter, defaultdict
@@ -126,7 +127,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 
 def test_pool_report_reconciles_and_counts_domains(pool) -> None:
-    out, report = pool
+    _, report = pool
     counts = report["pool"]
     assert report["reconcile"]["ok"], report["reconcile"]
     assert counts["seeds"] == 64
@@ -182,7 +183,7 @@ def test_tiers_name_the_expected_tools() -> None:
     chain = tasks["hard"].rubric.expected_tools
     by_name = {t.name: t for t in tools}
     assert len(chain) >= 2 and all(feeds(by_name[a], by_name[b])
-                                   for a, b in zip(chain, chain[1:], strict=False))
+                                   for a, b in itertools.pairwise(chain))
     assert tasks["decline"].rubric.expected_tools == []
     assert tasks["decline"].rubric.success_criteria[-1] == DECLINE_CRITERION
     for task in tasks.values():
