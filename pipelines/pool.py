@@ -362,7 +362,7 @@ class WriteParquet(beam.PTransform):
             | "Write" >> beam.io.WriteToParquet(
                 file_path_prefix=f"{self.folder}/part", schema=self.schema,
                 file_name_suffix=".parquet", shard_name_template="-SSSSS-of-NNNNN",
-                row_group_buffer_size=8 * 1024 * 1024, record_batch_size=500,
+                row_group_buffer_size=1024 * 1024, record_batch_size=100,
             )
         )
 
