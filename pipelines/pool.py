@@ -277,9 +277,10 @@ class _DropRemoved(beam.DoFn):
 class Dedup(beam.PTransform):
     """ToolSpecs -> kept ToolSpecs (`kept`) and one record per removed tool (`duplicates`).
 
-    Exact: one tool per name (a GroupByKey on the name over (rank, id) only). Near: MinHash LSH
-    (`NearPairs`) on the survivors, the worse of each confirmed pair removed. Whole specs never
-    go through a shuffle: removed ids reach the filters as side inputs, sized by the duplicates.
+    Exact: one tool per id (identical content; the only shuffle of whole specs), then one per
+    name (a GroupByKey over (rank, id) only). Near: MinHash LSH (`NearPairs`) on the survivors,
+    the worse of each confirmed pair removed. Removed ids reach the filters as side inputs,
+    sized by the duplicates.
     """
 
     def __init__(self, threshold: float = dd.NEAR_THRESHOLD) -> None:
@@ -292,6 +293,20 @@ class Dedup(beam.PTransform):
             for _, tool_id in ranked[1:]:
                 yield tool_id, (ranked[0][1], 1.0)
 
+        def one_per_id(element: tuple[str, Iterable[ToolSpec]]) -> Iterator[Any]:
+            first, *copies = element[1]
+            yield first
+            for copy in copies:
+                record = dd.duplicate_record(copy, first.id, "exact", 1.0)
+                yield beam.pvalue.TaggedOutput("duplicates", record)
+
+        identical = (
+            specs
+            | "KeyById" >> beam.Map(lambda s: (s.id, s))
+            | "GroupById" >> beam.GroupByKey()
+            | "OnePerId" >> beam.FlatMap(one_per_id).with_outputs("duplicates", main="kept")
+        )
+        specs = identical.kept
         exact = (
             specs
             | "KeyByName" >> beam.Map(lambda s: (s.name.lower(), (dd.rank(s)[0], s.id)))
@@ -311,7 +326,10 @@ class Dedup(beam.PTransform):
         joined = named.kept | "DropNear" >> beam.ParDo(
             _DropRemoved("near"), beam.pvalue.AsDict(near)
         ).with_outputs("duplicates", main="kept")
-        duplicates = (named.duplicates, joined.duplicates) | "AllDuplicates" >> beam.Flatten()
+        duplicates = (
+            (identical.duplicates, named.duplicates, joined.duplicates)
+            | "AllDuplicates" >> beam.Flatten()
+        )
         return {"kept": joined.kept, "duplicates": duplicates}
 
 

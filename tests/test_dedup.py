@@ -83,8 +83,10 @@ def test_buckets_stay_small_on_distinct_tools(library) -> None:
 def test_beam_dedup_matches_the_in_memory_one(library) -> None:
     base = library[5]
     pool = [*library, fresh(variant(base, base.name + "_copy")), fresh(variant(base, base.name)),
-            fresh(variant(library[9], "other_name", source="mcp", drop_word=False))]
+            fresh(variant(library[9], "other_name", source="mcp", drop_word=False)),
+            fresh(library[3]), fresh(library[3])]  # identical copies: one id, thrice
     kept, removed = dd.dedup(pool)
+    assert sum(r["id"] == library[3].id for r in removed) == 2
     assert {r["kind"] for r in removed} == {"exact", "near"}
     pipeline = in_process_pipeline()
     result = pipeline | beam.Create(pool) | Dedup()

@@ -146,7 +146,12 @@ def dedup(
     """(kept tools, one record per removed tool): the in-memory form of the Beam pipeline."""
     kept_by_name: dict[str, ToolSpec] = {}
     removed: list[dict[str, Any]] = []
+    seen: set[str] = set()
     for spec in sorted(specs, key=rank):
+        if spec.id in seen:  # an identical copy
+            removed.append(duplicate_record(spec, spec.id, "exact", 1.0))
+            continue
+        seen.add(spec.id)
         other = kept_by_name.get(spec.name.lower())
         if other is not None:
             removed.append(duplicate_record(spec, other.id, "exact", 1.0))
