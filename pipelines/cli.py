@@ -436,6 +436,78 @@ def validate(
         raise typer.Exit(1)
 
 
+@toolspecs_app.command("import")
+def import_command(
+    paths: Annotated[list[Path], typer.Argument(help="Spec files or folders of them.")],
+    source: Annotated[str, typer.Option("--from", help="mcp, openai or bfcl.")],
+    out: Annotated[Path, typer.Option(help="Folder for specs/, failures/, import_report.json.")],
+) -> None:
+    """Convert real specs to ToolSpecs: known flaws repaired, the rest refused; with a report."""
+    from pipelines.pool import import_specs
+    from toolspecs.importers import FORMATS
+
+    if source not in FORMATS:
+        err.print(f"[red]error:[/red] --from must be one of {', '.join(FORMATS)}, not {source!r}")
+        raise typer.Exit(2)
+    summary = import_specs([str(p) for p in paths], source, out)  # type: ignore[arg-type]
+    for detail in summary["details"]:
+        if detail["status"] == "refused":
+            err.print(f"[red]✗[/red] {escape(detail['reason'].splitlines()[0])}",
+                      highlight=False, soft_wrap=True)
+    counts = summary["counts"]
+    repairs = ", ".join(f"{k} {v}" for k, v in summary["repairs"].items()) or "none"
+    console.print(
+        f"{counts['seen']} tools in {summary['files']} file(s): {counts['imported']} imported, "
+        f"{counts['repaired']} repaired, {counts['refused']} refused -> {escape(str(out))}\n"
+        f"repairs: {repairs}",
+        highlight=False,
+    )
+
+
+@toolspecs_app.command("synth")
+def synth_command(
+    target: Annotated[int, typer.Option(help="Tools to synthesize (before dedup).")],
+    out: Annotated[Path, typer.Option(help="Pool folder (toolspecs/, specs/, pool_report.json).")],
+    seeds: Annotated[
+        list[str] | None, typer.Option("--seeds", help="Seed spec files or folders (default: "
+                                       "the library); e.g. an import's DIR/specs.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Pool seed.")] = 0,
+    tools_per_domain: Annotated[
+        int, typer.Option(help="Grow ceil(target / this) new domains.")
+    ] = 25,
+    backend: Annotated[str | None, typer.Option(help="vllm or openai.")] = None,
+    model: Annotated[str | None, typer.Option(help="Synthesizer model.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="Endpoint for the openai backend.")] = None,
+) -> None:
+    """Grow a taxonomy and evolve new tools from seeds; dedup; write the pool and its report."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    from pipelines.pool import PoolConfig, run_synth
+    from simulators.llm.registry import ModelConfig
+
+    fields: dict[str, Any] = {"backend": backend, "model": model, "base_url": base_url}
+    api_key = os.environ.get("AGENTMILL_API_KEY") or os.environ.get("OPENAI_API_KEY")
+    if backend == "openai" and api_key:
+        fields["api_key"] = api_key
+    synthesizer = ModelConfig.model_validate({k: v for k, v in fields.items() if v is not None})
+    config = PoolConfig(out=str(out), target=target, seed=seed, seeds=seeds or [],
+                        tools_per_domain=tools_per_domain, synthesizer=synthesizer)
+    summary = run_synth(config)
+    pool, near = summary["pool"], summary["near_duplicates"]
+    console.print(
+        f"{pool['kept']} tools kept in {summary['domains']['count']} domains "
+        f"({summary['domains']['categories']} categories): {pool['seeds']} seeds + "
+        f"{pool['synthesized']} synthesized - {pool['exact_duplicates_removed']} exact and "
+        f"{pool['near_duplicates_removed']} near duplicates; "
+        f"{summary['reconcile']['synthesis_failures']} failures; near-duplicate rate "
+        f"{near['rate']:.1%}; {summary['seconds']} s -> {escape(str(out))}",
+        highlight=False,
+    )
+    if not summary["reconcile"]["ok"]:
+        err.print(f"[red]counts do not reconcile:[/red] {summary['reconcile']}")
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 

@@ -43,7 +43,9 @@ results and the task writer's initial facts and expected outcome."""
 
 Source = Literal["authored", "mcp", "openai", "bfcl", "synthetic"]
 SideEffect = Literal["read", "write"]
-Difficulty = Literal["easy", "medium", "hard"]
+Difficulty = Literal["easy", "medium", "hard", "decline"]
+"""Tiers: one call; several calls; calls that need an earlier call's result; a request the
+tools cannot serve, which the agent must decline."""
 EndReason = Literal["user_stop", "agent_final", "turn_limit"]
 Role = Literal["user", "agent", "tool", "judge", "synthesizer"]
 UserStyle = Literal["terse", "verbose", "confused", "impatient", "non-native speaker"]

@@ -70,8 +70,8 @@ def test_written_agent_and_task_follow_the_model(pool) -> None:
     agent = asyncio.run(write_agent(model, tools[0].domain, tools, Sampling(seed=1), usage))
     assert agent.name == "Atlas" and agent.tool_ids == [t.id for t in tools]
     assert agent.system_prompt.startswith("You are Atlas")
-    task = asyncio.run(write_task(model, agent, "hard", 0, Sampling(seed=1), usage))
-    assert task.agent_id == agent.id and task.difficulty == "hard"
+    task = asyncio.run(write_task(model, agent, "easy", 0, Sampling(seed=1), usage))
+    assert task.agent_id == agent.id and task.difficulty == "easy"
     assert task.rubric.expected_tools == [tools[0].name]
     assert task.initial_state["k"] == "v"  # the model's fact, on top of the Faker world
     assert task.expected_outcome.facts == ["done"]

@@ -33,12 +33,20 @@ from simulators.world import (
     outcome_schema,
 )
 
-DIFFICULTIES: tuple[Difficulty, ...] = ("easy", "medium", "hard")
+DIFFICULTIES: tuple[Difficulty, ...] = ("easy", "medium", "hard", "decline")
 DIFFICULTY_BRIEF = {
     "easy": "a request one tool call can serve",
     "medium": "a request that needs two or three tool calls",
     "hard": "a request where a later call needs an id or value returned by an earlier call",
+    "decline": "a related request that none of these tools can serve, so the assistant must "
+    "say it cannot do it (and call no tool)",
 }
+EXPECTED_CALLS = {"easy": (1, 1), "medium": (2, 3), "hard": (2, 4)}
+"""How many tool names a tier's rubric expects (min, max); `decline` expects none."""
+DECLINE_CRITERION = (
+    "The assistant says this is outside what it can do, calls no tool, and does not pretend "
+    "to have done it."
+)
 
 
 def by_domain(pool: Sequence[ToolSpec]) -> dict[str, list[ToolSpec]]:
@@ -140,6 +148,49 @@ async def write_agent(
     )
 
 
+def dependent_chain(tools: Sequence[ToolSpec], seed: str) -> list[ToolSpec]:
+    """Tools in calling order where each feeds the next (2, or 3 when one extends the pair);
+    empty when no offered tool's output feeds another's input."""
+    pairs = [(a, b) for a in tools for b in tools if feeds(a, b)]
+    if not pairs:
+        return []
+    rng = random.Random(f"chain:{seed}")
+    first, then = rng.choice(sorted(pairs, key=lambda p: (p[0].name, p[1].name)))
+    longer = sorted((c for c in tools if c not in (first, then) and feeds(then, c)),
+                    key=lambda t: t.name)
+    return [first, then, *longer[:1]]
+
+
+def tier_task_schema(
+    tools: list[ToolSpec],
+    difficulty: Difficulty,
+    chain: Sequence[ToolSpec] = (),
+    world: JsonObject | None = None,
+) -> dict[str, Any]:
+    """`task_schema` for one tier: how many tools the rubric names, or none where the tools
+    are fixed by the tier (a dependent chain) or must not be used (`decline`)."""
+    schema = task_schema(tools, world)
+    if difficulty == "decline" or (difficulty == "hard" and chain):
+        del schema["properties"]["expected_tools"]
+        schema["required"].remove("expected_tools")
+        return schema
+    low, high = EXPECTED_CALLS[difficulty]
+    expected = schema["properties"]["expected_tools"]
+    expected["minItems"], expected["maxItems"] = min(low, len(tools)), high
+    return schema
+
+
+def tier_rubric_tools(
+    difficulty: Difficulty, answer: dict[str, Any], chain: Sequence[ToolSpec]
+) -> list[str]:
+    """The tool names a tier's rubric expects, in order."""
+    if difficulty == "decline":
+        return []
+    if difficulty == "hard" and chain:
+        return [t.name for t in chain]
+    return list(answer["expected_tools"])
+
+
 def task_schema(tools: list[ToolSpec], world: JsonObject | None = None) -> dict[str, Any]:
     """What the model must answer to define a task; expected tools come from the offered ones,
     expected state changes from the world's own paths."""
@@ -192,6 +243,11 @@ async def write_task(
     """
     listing = "\n".join(f"- {t.name}: {t.description}" for t in agent.tools)
     world = build_world(agent.tools, key=agent.id)
+    chain = dependent_chain(agent.tools, f"{agent.id}:{index}") if difficulty == "hard" else []
+    brief = DIFFICULTY_BRIEF[difficulty]
+    if chain:
+        brief += ": " + ", then ".join(t.name for t in chain) + ", each with what the one " \
+            "before returned"
     messages = [
         Message(
             role="system",
@@ -205,15 +261,18 @@ async def write_task(
             role="user",
             content=f"Assistant: {agent.name}\nTools:\n{listing}\n"
             f"World records:\n{describe_world(world)}\n"
-            f"Write task #{index + 1}: {DIFFICULTY_BRIEF[difficulty]}.",
+            f"Write task #{index + 1}: {brief}.",
         ),
     ]
     completion = await ask(
         model, "synthesizer", usage, messages, sampling,
-        schema=task_schema(agent.tools, world), attempts=attempts,
+        schema=tier_task_schema(agent.tools, difficulty, chain, world), attempts=attempts,
     )
     answer = completion.parsed
     apply_changes(world, answer["initial_state"])
+    criteria = list(answer["success_criteria"])
+    if difficulty == "decline":
+        criteria.append(DECLINE_CRITERION)
     return Task(
         agent_id=agent.id,
         goal=" ".join(str(answer["goal"]).split()),
@@ -221,13 +280,16 @@ async def write_task(
         user_withholds=list(answer["user_withholds"]),
         difficulty=difficulty,
         rubric=Rubric(
-            success_criteria=list(answer["success_criteria"]),
-            expected_tools=list(answer["expected_tools"]),
+            success_criteria=criteria,
+            expected_tools=tier_rubric_tools(difficulty, answer, chain),
             checkpoints=list(answer["checkpoints"]),
         ),
         initial_state=world,
         expected_outcome=Outcome(
-            state=changes_to_paths(answer.get("expected_state", [])),
+            # A request the tools cannot serve must leave the world as it was.
+            state={} if difficulty == "decline" else changes_to_paths(
+                answer.get("expected_state", [])
+            ),
             facts=[" ".join(str(f).split()) for f in answer.get("expected_facts", [])],
         ),
     )
