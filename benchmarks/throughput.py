@@ -13,9 +13,11 @@ tasks read from Parquet, trajectories and failures written to Parquet) and print
 3. instant: a backend that answers at once (schema-valid values, episodes of exactly 6 user
    turns): CPU milliseconds per episode and per request, and peak memory (max RSS) of a fresh
    process at 1,000 and 10,000 episodes (records stream to Parquet as bundles finish).
+4. run: the whole mill (agents, tasks, episodes, judge, every sink) on the instant backend at
+   1,000 and 5,000 episodes: CPU, wall time and peak memory of the in-process runner.
 
-    python -m benchmarks.throughput                      # everything, about 7 minutes
-    python -m benchmarks.throughput --only capacity      # or faults / instant
+    python -m benchmarks.throughput                      # everything, about 12 minutes
+    python -m benchmarks.throughput --only capacity      # or faults / instant / run
 
 "Achieved" is measured from the server's first request until the stage started its last episode
 (the steady state: work was waiting to start). After that the run drains: the last episodes
@@ -469,6 +471,75 @@ def instant_child(episodes: int, inputs: Path, out: Path) -> None:
     )
 
 
+def whole_run_child(episodes: int, out: Path) -> None:
+    """The whole mill (`pipelines.run.run`: agents, tasks, episodes, judge, every sink) on the
+    instant backend in a fresh process; prints a JSON line."""
+    from simulators.llm import registry
+    from simulators.llm.registry import ModelConfig
+
+    registry.register(ModelConfig(backend="scripted", model="instant"), instant_model())
+    config = stage_config(episodes, {"backend": "scripted", "model": "instant"}, 512)
+    config = config.model_copy(update={"out": str(out), "tasks_per_agent": 20})
+    import pipelines.run as mill
+
+    peaks: dict[str, float] = {}
+    build_manifest = mill.build_manifest
+
+    def measured(*args: Any, **kwargs: Any) -> Any:
+        peaks["pipeline"] = peak_rss_mib()  # before the manifest and card read the outputs
+        return build_manifest(*args, **kwargs)
+
+    mill.build_manifest = measured
+    cpu, wall = time.process_time(), time.monotonic()
+    manifest = mill.run(config)
+    cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+    print(
+        json.dumps(
+            {
+                "cpu_s": cpu,
+                "wall_s": wall,
+                "pipeline_mib": peaks["pipeline"],
+                "max_rss_mib": peak_rss_mib(),
+                "reconciled": manifest["reconcile"]["ok"],
+                "trajectories": manifest["counts"]["trajectories"],
+            }
+        )
+    )
+
+
+def whole_run(args: argparse.Namespace, work: Path) -> None:
+    print(
+        "\n== instant backend: the whole mill in process (FnApiRunner), each size in a fresh "
+        "process"
+    )
+    print(f"{'episodes':>8} {'CPU s':>6} {'wall s':>6} {'pipeline MiB':>12} {'with card MiB':>13}")
+    peaks: list[float] = []
+    for episodes in args.run_sizes:
+        out = work / f"run-{episodes}"
+        command = [
+            sys.executable, "-m", "benchmarks.throughput", "--run-child", str(episodes),
+            "--out", str(out),
+        ]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        done = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            print(done.stderr[-3000:])
+            raise SystemExit(f"whole run of {episodes} episodes failed")
+        data = json.loads(done.stdout.strip().splitlines()[-1])
+        peaks.append(data["pipeline_mib"])
+        print(
+            f"{episodes:>8} {data['cpu_s']:>6.1f} {data['wall_s']:>6.1f} "
+            f"{data['pipeline_mib']:>12.0f} {data['max_rss_mib']:>13.0f}"
+            + ("" if data["reconciled"] else "  counts do not reconcile")
+        )
+    sizes = args.run_sizes
+    if len(peaks) >= 2 and sizes[-1] > sizes[0]:
+        per = (peaks[-1] - peaks[0]) * 1024 / (sizes[-1] - sizes[0])
+        print(f"  pipeline peak {per:.1f} KiB per extra episode (the runner's in-memory shuffles)")
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident memory. `/proc/self/status` VmHWM starts afresh at exec;
     `getrusage`'s ru_maxrss does not (Linux keeps it across fork and exec, so a child would
@@ -526,7 +597,9 @@ def instant(args: argparse.Namespace, work: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["capacity", "faults", "instant"], action="append")
+    parser.add_argument(
+        "--only", choices=["capacity", "faults", "instant", "run"], action="append"
+    )
     parser.add_argument("--slots", type=int, default=256, help="server slots C")
     parser.add_argument("--token-ms", type=float, default=20.0, help="server time per token")
     parser.add_argument("--tokens", type=int, default=50, help="tokens generated per answer")
@@ -537,7 +610,9 @@ def main() -> None:
     parser.add_argument("--fault-episodes", type=int, default=600)
     parser.add_argument("--memory-sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--work", type=Path, help="keep inputs and outputs here")
+    parser.add_argument("--run-sizes", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--instant-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--run-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--inputs", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -545,13 +620,17 @@ def main() -> None:
     if args.instant_child:
         instant_child(args.instant_child, args.inputs, args.out)
         return
-    phases = args.only or ["capacity", "faults", "instant"]
+    if args.run_child:
+        whole_run_child(args.run_child, args.out)
+        return
+    phases = args.only or ["capacity", "faults", "instant", "run"]
     with tempfile.TemporaryDirectory(prefix="agentmill-bench-") as tmp:
         work = args.work or Path(tmp)
         load = os.getloadavg()[0]
         print(f"agentmill throughput benchmark: {os.cpu_count()} cores, load average {load:.2f}")
+        phase_fns = {"capacity": capacity, "faults": faults, "instant": instant, "run": whole_run}
         for phase in phases:
-            {"capacity": capacity, "faults": faults, "instant": instant}[phase](args, work)
+            phase_fns[phase](args, work)
 
 
 if __name__ == "__main__":

@@ -105,7 +105,9 @@ class RunConfig(BaseModel):
     models: RoleModels = RoleModels()
     episode: EpisodeConfig = EpisodeConfig()
     judge: JudgeConfig = JudgeConfig()
-    synthesis: Sampling = Sampling(temperature=0.8, max_tokens=320)
+    # A task answer carries a goal, what the user knows and withholds, criteria, tools, the
+    # world's initial facts and the expected changes and facts: 320 tokens truncated it.
+    synthesis: Sampling = Sampling(temperature=0.8, max_tokens=768)
     attempts: int = Field(default=3, ge=1, description="Tries per synthesized agent or task.")
     batch_size: int = Field(
         default=64, ge=1, description="Tasks handed to a worker at a time (a unit of delivery)."
