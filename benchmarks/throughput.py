@@ -537,7 +537,7 @@ def whole_run(args: argparse.Namespace, work: Path) -> None:
     sizes = args.run_sizes
     if len(peaks) >= 2 and sizes[-1] > sizes[0]:
         per = (peaks[-1] - peaks[0]) * 1024 / (sizes[-1] - sizes[0])
-        print(f"  pipeline peak {per:.1f} KiB per extra episode (the runner's in-memory shuffles)")
+        print(f"  pipeline peak {per:+.1f} KiB per extra episode")
 
 
 def peak_rss_mib() -> float:
