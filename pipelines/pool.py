@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines import runtime
 from pipelines.batching import FAILURES, AsyncBatchFn, Handled, failure_from
-from pipelines.parquet_io import read_column
+from pipelines.parquet_io import WriteRecords, read_column
 from pipelines.stages import LoadToolSpecs, fixed_batches, stable_seed
 from schemas import arrow
 from schemas.records import Failure, TokenCount, ToolSpec, canonical_json
@@ -366,25 +366,6 @@ class WriteJsonLines(beam.PTransform):
         )
 
 
-class WriteParquet(beam.PTransform):
-    """Records -> Parquet shards as bundles finish (no GroupByKey holding every row)."""
-
-    def __init__(self, folder: str, schema: pa.Schema) -> None:
-        super().__init__()
-        self.folder, self.schema = folder, schema
-
-    def expand(self, records: Any) -> Any:
-        return (
-            records
-            | "ToRows" >> beam.Map(arrow.to_row)
-            | "Write" >> beam.io.WriteToParquet(
-                file_path_prefix=f"{self.folder}/part", schema=self.schema,
-                file_name_suffix=".parquet", shard_name_template="-SSSSS-of-NNNNN",
-                row_group_buffer_size=1024 * 1024, record_batch_size=100,
-            )
-        )
-
-
 def _spec_json(spec: ToolSpec) -> str:
     return canonical_json(spec.model_dump(mode="json"))
 
@@ -415,7 +396,7 @@ def build(pipeline: beam.Pipeline, config: PoolConfig) -> None:
     remaining = kept | "NearDuplicates" >> NearDuplicateRate(config.near_threshold)
     failures = (loaded.failures, grown.failures, evolved.failures) | "Failures" >> beam.Flatten()
 
-    _ = kept | "WritePool" >> WriteParquet(f"{out}/toolspecs", arrow.TOOLSPEC_SCHEMA)
+    _ = kept | "WritePool" >> WriteRecords(f"{out}/toolspecs", arrow.TOOLSPEC_SCHEMA, arrow.to_row)
     _ = kept | "WriteSpecs" >> WriteJsonLines(f"{out}/specs", _spec_json)
     _ = grown.domains | "WriteDomains" >> WriteJsonLines(
         f"{out}/domains", lambda d: canonical_json(d.model_dump(mode="json")))
@@ -423,7 +404,9 @@ def build(pipeline: beam.Pipeline, config: PoolConfig) -> None:
     _ = deduped["duplicates"] | "WriteDuplicates" >> WriteJsonLines(
         f"{out}/duplicates", canonical_json)
     _ = remaining | "WriteRemaining" >> WriteJsonLines(f"{out}/near_duplicates_left", str)
-    _ = failures | "WriteFailures" >> WriteParquet(f"{out}/failures", arrow.FAILURE_SCHEMA)
+    _ = failures | "WriteFailures" >> WriteRecords(
+        f"{out}/failures", arrow.FAILURE_SCHEMA, arrow.to_row
+    )
     _ = (
         seeds
         | "CountSeeds" >> beam.combiners.Count.Globally()

@@ -288,3 +288,33 @@ def test_run_folder_helpers_work_on_an_object_store(
     assert not FileSystems.exists("fakegs://runs/x/manifest.json")
     with pytest.raises(FileNotFoundError):
         read_rows(out / "sft")
+
+
+def test_the_pool_pipeline_translates_to_a_dataflow_job() -> None:
+    """`toolspecs synth`'s stages (grow domains, evolve, dedup, report) build unchanged for
+    Dataflow: same transforms, outputs at gs:// paths, every DoFn staged and reloadable."""
+    from pipelines.pool import OUTPUTS, PoolConfig
+    from pipelines.pool import build as build_pool
+
+    out = "gs://agentmill-test/pools/dry"
+    options = PipelineOptions([*gpu_args(), "--dry_run=True", "--no_auth"])
+    pipeline = beam.Pipeline(options=options)
+    build_pool(pipeline, PoolConfig(out=out, target=50, synthesizer={"backend": "scripted"}))
+    result = pipeline.run()
+    result.wait_until_finish()
+    assert result.state == "DONE"
+    proto = result.job.proto_pipeline
+    names = top_level(proto)
+    assert {"LoadSeeds", "GrowDomains", "Evolve", "Dedup", "NearDuplicates"} <= names
+    for folder in OUTPUTS:
+        prefix = f"{out}/{folder}/part".encode()
+        assert any(
+            any(prefix in d.SerializeToString() for d in t.display_data)
+            for t in proto.components.transforms.values()
+        ), folder
+    reloaded = beam.Pipeline.from_runner_api(
+        beam_runner_api_pb2.Pipeline.FromString(proto.SerializeToString()),
+        runner=FnApiRunner(),
+        options=PipelineOptions([]),
+    )
+    assert {"GrowDomains", "Evolve", "Dedup"} <= top_level(reloaded.to_runner_api())
