@@ -87,12 +87,25 @@ class LoadToolSpecs(beam.PTransform):
         )
 
 
-class _ComposeAgentFn(AsyncBatchFn):
-    stage = "agents"
+class _RunFn(AsyncBatchFn):
+    """A model-driven step of the run; `total` (default: the episodes) sizes its progress."""
 
-    def __init__(self, config: RunConfig, total: int) -> None:
-        super().__init__(total, config.in_flight)
+    def __init__(self, config: RunConfig, total: int | None = None) -> None:
+        super().__init__(config.episodes if total is None else total, config.in_flight)
         self.config = config
+
+
+class _RunStage(beam.PTransform):
+    """A stage of the run: its config and, when the run checkpoints, its control."""
+
+    def __init__(self, config: RunConfig, control: StageControl | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.control = control
+
+
+class _ComposeAgentFn(_RunFn):
+    stage = "agents"
 
     def process(self, batch: Iterable[int], pool: list[ToolSpec]) -> Iterator[Any]:  # type: ignore[override]
         self._pool = pool
@@ -115,13 +128,8 @@ class _ComposeAgentFn(AsyncBatchFn):
         return str(slot)
 
 
-class ComposeAgents(beam.PTransform):
+class ComposeAgents(_RunStage):
     """ToolSpec pool -> (slot, AgentSpec) for every agent the run needs, plus Failures."""
-
-    def __init__(self, config: RunConfig, control: StageControl | None = None) -> None:
-        super().__init__()
-        self.config = config
-        self.control = control
 
     def expand(self, specs: Any) -> Any:
         n_agents = math.ceil(self.config.episodes / self.config.tasks_per_agent)
@@ -138,12 +146,8 @@ class ComposeAgents(beam.PTransform):
         )
 
 
-class _WriteTaskFn(AsyncBatchFn):
+class _WriteTaskFn(_RunFn):
     stage = "tasks"
-
-    def __init__(self, config: RunConfig) -> None:
-        super().__init__(config.episodes, config.in_flight)
-        self.config = config
 
     async def handle(self, element: tuple[int, AgentSpec]) -> Handled:
         index, agent = element
@@ -164,13 +168,8 @@ class _WriteTaskFn(AsyncBatchFn):
         return str(element[0])
 
 
-class GenerateTasks(beam.PTransform):
+class GenerateTasks(_RunStage):
     """(slot, AgentSpec) -> Tasks: `tasks_per_agent` each, `episodes` in all, plus Failures."""
-
-    def __init__(self, config: RunConfig, control: StageControl | None = None) -> None:
-        super().__init__()
-        self.config = config
-        self.control = control
 
     def expand(self, agents: Any) -> Any:
         per, total = self.config.tasks_per_agent, self.config.episodes
@@ -227,12 +226,8 @@ def join_tasks_with_agents(tasks: Any, agents: Any, label: str) -> Any:
     )
 
 
-class _EpisodeFn(AsyncBatchFn):
+class _EpisodeFn(_RunFn):
     stage = "episodes"
-
-    def __init__(self, config: RunConfig) -> None:
-        super().__init__(config.episodes, config.in_flight)
-        self.config = config
 
     async def handle(self, element: tuple[Task, AgentSpec]) -> Handled:
         task, agent = element
@@ -263,7 +258,7 @@ class _EpisodeFn(AsyncBatchFn):
         return [beam.pvalue.TaggedOutput(JUDGE_INPUTS, (outputs[0], element[0]))]
 
 
-class RunEpisodes(beam.PTransform):
+class RunEpisodes(_RunStage):
     """(Task, AgentSpec) -> Trajectories, plus Failures, plus (Trajectory, Task) pairs for the
     judge (tagged `judge_inputs`).
 
@@ -272,11 +267,6 @@ class RunEpisodes(beam.PTransform):
     as they come: joining trajectories with tasks by key instead would hold every trajectory in
     the in-process runner's memory until the last episode ended.
     """
-
-    def __init__(self, config: RunConfig, control: StageControl | None = None) -> None:
-        super().__init__()
-        self.config = config
-        self.control = control
 
     def expand(self, pairs: Any) -> Any:
         return (
@@ -289,12 +279,8 @@ class RunEpisodes(beam.PTransform):
         )
 
 
-class _JudgeFn(AsyncBatchFn):
+class _JudgeFn(_RunFn):
     stage = "judge"
-
-    def __init__(self, config: RunConfig) -> None:
-        super().__init__(config.episodes, config.in_flight)
-        self.config = config
 
     async def handle(self, element: tuple[Trajectory, Task]) -> Handled:
         trajectory, task = element
@@ -343,13 +329,8 @@ class _JudgeFn(AsyncBatchFn):
         return element[0].id
 
 
-class JudgeTrajectories(beam.PTransform):
+class JudgeTrajectories(_RunStage):
     """(Trajectory, Task) -> passing (Trajectory, Judgement), `rejected`, and `failures`."""
-
-    def __init__(self, config: RunConfig, control: StageControl | None = None) -> None:
-        super().__init__()
-        self.config = config
-        self.control = control
 
     def expand(self, pairs: Any) -> Any:
         return (
