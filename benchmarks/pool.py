@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +25,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make the project importable
     sys.path.insert(0, str(ROOT))
+
+from benchmarks.measure import kib_per_extra, peak_rss_mib, run_child  # noqa: E402
 
 SYLLABLES = ("ka ro mi te lu sa no vi pe da zo ri fu ne to ma li ga be so "
              "chi wa ke yu ha mo ti ra de pu").split()
@@ -70,14 +71,6 @@ def varied_model() -> Any:
     return ScriptedModel(respond, name="varied", keep=16)
 
 
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process (VmHWM starts afresh at exec, unlike ru_maxrss)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def child(target: int, out: Path) -> None:
     """One measured build in a fresh process; prints a JSON line."""
     from pipelines.pool import PoolConfig, run_synth
@@ -117,15 +110,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="agentmill-pool-") as tmp:
         work = args.work or Path(tmp)
         for size in args.sizes:
-            command = [sys.executable, "-m", "benchmarks.pool", "--child", str(size),
-                       "--out", str(work / f"pool-{size}")]
-            env = {**os.environ, "PYTHONPATH": str(ROOT)}
-            done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                                  check=False)
-            if done.returncode != 0:
-                print(done.stderr[-3000:])
-                raise SystemExit(f"pool of {size} failed")
-            row = json.loads(done.stdout.strip().splitlines()[-1])
+            row = run_child("benchmarks.pool", ["--child", str(size), "--out",
+                                                 str(work / f"pool-{size}")], f"pool of {size}")
             rows.append(row)
             print(f"{size:>7,} {row['wall_s']:>7.1f} {row['cpu_s']:>7.1f} "
                   f"{size / row['wall_s']:>8.1f} {row['peak_mib']:>9.0f} {row['kept']:>6} "
@@ -135,7 +121,8 @@ def main() -> None:
         first, last = rows[0], rows[-1]
         grow_n = last["target"] / first["target"]
         grow_mem = last["peak_mib"] / first["peak_mib"]
-        per = (last["peak_mib"] - first["peak_mib"]) * 1024 / (last["target"] - first["target"])
+        per = kib_per_extra([first["target"], last["target"]],
+                            [first["peak_mib"], last["peak_mib"]])
         print(f"N x{grow_n:.0f} -> peak memory x{grow_mem:.2f} "
               f"({last['peak_mib'] - first['peak_mib']:+.0f} MiB, {per:.1f} KiB per extra tool)")
 

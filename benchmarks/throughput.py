@@ -31,8 +31,6 @@ import argparse
 import json
 import os
 import random
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +43,8 @@ import apache_beam as beam
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make the project importable
     sys.path.insert(0, str(ROOT))
+
+from benchmarks.measure import kib_per_extra, peak_rss_mib, run_child  # noqa: E402
 
 AGENTS = 64
 TURNS = 6
@@ -515,39 +515,20 @@ def whole_run(args: argparse.Namespace, work: Path) -> None:
     print(f"{'episodes':>8} {'CPU s':>6} {'wall s':>6} {'pipeline MiB':>12} {'with card MiB':>13}")
     peaks: list[float] = []
     for episodes in args.run_sizes:
-        out = work / f"run-{episodes}"
-        command = [
-            sys.executable, "-m", "benchmarks.throughput", "--run-child", str(episodes),
-            "--out", str(out),
-        ]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        done = subprocess.run(
-            command, cwd=ROOT, env=env, capture_output=True, text=True, check=False
+        data = run_child(
+            "benchmarks.throughput",
+            ["--run-child", str(episodes), "--out", str(work / f"run-{episodes}")],
+            f"whole run of {episodes} episodes",
         )
-        if done.returncode != 0:
-            print(done.stderr[-3000:])
-            raise SystemExit(f"whole run of {episodes} episodes failed")
-        data = json.loads(done.stdout.strip().splitlines()[-1])
         peaks.append(data["pipeline_mib"])
         print(
             f"{episodes:>8} {data['cpu_s']:>6.1f} {data['wall_s']:>6.1f} "
             f"{data['pipeline_mib']:>12.0f} {data['max_rss_mib']:>13.0f}"
             + ("" if data["reconciled"] else "  counts do not reconcile")
         )
-    sizes = args.run_sizes
-    if len(peaks) >= 2 and sizes[-1] > sizes[0]:
-        per = (peaks[-1] - peaks[0]) * 1024 / (sizes[-1] - sizes[0])
+    per = kib_per_extra(args.run_sizes, peaks)
+    if per is not None:
         print(f"  pipeline peak {per:+.1f} KiB per extra episode")
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory. `/proc/self/status` VmHWM starts afresh at exec;
-    `getrusage`'s ru_maxrss does not (Linux keeps it across fork and exec, so a child would
-    report its parent's peak)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def instant(args: argparse.Namespace, work: Path) -> None:
@@ -564,19 +545,11 @@ def instant(args: argparse.Namespace, work: Path) -> None:
         inputs = work / f"instant-{episodes}-in"
         if not (inputs / "tasks.parquet").exists():
             make_inputs(inputs, episodes, seed=episodes)
-        out = work / f"instant-{episodes}-out"
-        command = [
-            sys.executable, "-m", "benchmarks.throughput", "--instant-child", str(episodes),
-            "--inputs", str(inputs), "--out", str(out),
-        ]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        done = subprocess.run(
-            command, cwd=ROOT, env=env, capture_output=True, text=True, check=False
+        args_child = ["--instant-child", str(episodes), "--inputs", str(inputs),
+                      "--out", str(work / f"instant-{episodes}-out")]
+        data = run_child(
+            "benchmarks.throughput", args_child, f"instant run of {episodes} episodes"
         )
-        if done.returncode != 0:
-            print(done.stderr[-3000:])
-            raise SystemExit(f"instant run of {episodes} episodes failed")
-        data = json.loads(done.stdout.strip().splitlines()[-1])
         peaks.append(data["max_rss_mib"])
         print(
             f"{episodes:>8} {data['cpu_s']:>6.1f} {data['wall_s']:>6.1f} "
@@ -586,9 +559,9 @@ def instant(args: argparse.Namespace, work: Path) -> None:
         )
         if set(data["turns"]) != {str(TURNS)}:
             print(f"  turns per episode: {data['turns']}")
-    sizes = args.memory_sizes
-    if len(peaks) >= 2 and sizes[-1] > sizes[0]:
-        per = (peaks[-1] - peaks[0]) * 1024 / (sizes[-1] - sizes[0])
+    per = kib_per_extra(args.memory_sizes, peaks)
+    if per is not None:
+        sizes = args.memory_sizes
         print(
             f"  peak memory {peaks[-1] - peaks[0]:+.0f} MiB from {sizes[0]:,} to {sizes[-1]:,} "
             f"episodes ({per:.1f} KiB per extra episode)"
