@@ -206,8 +206,33 @@ def test_native_tool_calls_are_read_by_vllms_parser() -> None:
     assert calls == [] and content == "Hello!"
     with pytest.raises(ModelError, match="unknown vLLM tool parser 'nope'"):
         make_tool_parser(tokenizer, "nope")
-    # Earlier turns' calls reach the chat template with their arguments as objects.
+    # Through `complete`: native mode sends the tools to the template and parses the answer.
+    import asyncio
+
     from schemas.records import FunctionCall, Message, ToolCall
+    from simulators.llm.base import ModelOutputError, RawCompletion, Sampling
+    from simulators.llm.vllm_backend import VLLMChatModel
+
+    model = VLLMChatModel(ModelConfig(tool_call_mode="native", tool_call_parser="hermes"))
+    model._tool_parser = hermes
+    answers = [RawCompletion(text, 40, 20, "stop"), RawCompletion(text[:20], 40, 64, "length")]
+    seen: list[Any] = []
+
+    async def fake_generate(chat: Any, schema: Any, sampling: Any, tools: Any = None) -> Any:
+        seen.append((schema, tools))
+        return answers.pop(0)
+
+    model._generate = fake_generate  # type: ignore[method-assign]
+    ask = [Message(role="user", content="Weather in Oslo?")]
+    completion = asyncio.run(model.complete(ask, tools=tools, sampling=Sampling(seed=1)))
+    assert seen == [(None, tools)], "native mode: tools to the template, no JSON constraint"
+    assert completion.model == model.name == "vllm:embedded:smollm2-135m-instruct"
+    assert [c.function.name for c in completion.tool_calls] == ["get_weather"]
+    assert completion.parsed == {"tool_calls": decoded}
+    assert (completion.prompt_tokens, completion.completion_tokens) == (40, 20)
+    with pytest.raises(ModelOutputError, match="truncated at 99"):
+        asyncio.run(model.complete(ask, tools=tools, sampling=Sampling(seed=1, max_tokens=99)))
+    # Earlier turns' calls reach the chat template with their arguments as objects.
     from simulators.llm.vllm_backend import _template_message
 
     turn = Message(role="assistant", content="", tool_calls=[ToolCall(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -96,6 +97,40 @@ class ConstrainedChatModel(ChatModel):
     bound_strings: int | None = None
     bound_items: int | None = None
     """Generation-only limits on strings and arrays; see `toolcall.bound_schema`."""
+    native_tools: bool = False
+    """Offered tools go to the model's own tool-call format (`tool_call_mode: native`) through
+    `complete_native`, instead of constrained JSON."""
+
+    async def complete_native(
+        self, messages: list[Message], tools: list[dict[str, Any]], sampling: Sampling
+    ) -> Completion:
+        """An answer in the model's own tool-call format; backends with `native_tools` set
+        implement it, usually through `native_completion`."""
+        raise NotImplementedError(f"{self.name}: no native tool-call mode")
+
+    def native_completion(
+        self,
+        raw: RawCompletion,
+        sampling: Sampling,
+        parse: Callable[[], tuple[str, list[ToolCall], list[dict[str, Any]]]],
+    ) -> Completion:
+        """A native-mode answer as a Completion: a truncated answer is an output error before
+        anything is parsed; `parse` gives (content, tool calls, decoded calls)."""
+        if raw.finish_reason == "length":
+            raise ModelOutputError(
+                f"{self.name}: answer truncated at {sampling.max_tokens}", raw.text
+            )
+        content, calls, decoded = parse()
+        return Completion(
+            text=content,
+            tool_calls=calls,
+            prompt_tokens=raw.prompt_tokens,
+            completion_tokens=raw.completion_tokens,
+            finish_reason=raw.finish_reason,
+            model=self.name,
+            parsed={"tool_calls": decoded} if calls else {"content": content, "final": False},
+            retries=raw.retries,
+        )
 
     @abc.abstractmethod
     async def generate(
@@ -118,6 +153,8 @@ class ConstrainedChatModel(ChatModel):
         from simulators.llm import toolcall
 
         sampling = sampling or Sampling()
+        if tools and self.native_tools:
+            return await self.complete_native(messages, tools, sampling)
         plain = toolcall.to_plain_messages(messages, tools)
         if tools:
             schema = toolcall.agent_output_schema(tools)

@@ -64,6 +64,7 @@ class OpenAIChatModel(ConstrainedChatModel):
         self.name = config.display_name()
         self.bound_strings, self.bound_items = config.generation_bounds()
         self.config = config
+        self.native_tools = config.tool_call_mode == "native"
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.retry_after_max_s = retry_after_max_s
@@ -237,17 +238,10 @@ class OpenAIChatModel(ConstrainedChatModel):
 
     # -- native tool-call mode -------------------------------------------------------------------
 
-    async def complete(
-        self,
-        messages: list[Message],
-        tools: list[dict[str, Any]] | None = None,
-        response_schema: dict[str, Any] | None = None,
-        sampling: Sampling | None = None,
+    async def complete_native(
+        self, messages: list[Message], tools: list[dict[str, Any]], sampling: Sampling
     ) -> Completion:
-        """In native mode with tools, let the server's tool parser produce the calls."""
-        if self.config.tool_call_mode != "native" or not tools:
-            return await super().complete(messages, tools, response_schema, sampling)
-        sampling = sampling or Sampling()
+        """Let the server's tool parser produce the calls."""
         body = self._body([m.model_dump(exclude_none=True) for m in messages], sampling)
         body["tools"] = tools
         data, retries = await self._post(body)
@@ -255,21 +249,20 @@ class OpenAIChatModel(ConstrainedChatModel):
         message = choice.get("message") or {}
         usage = data.get("usage") or {}
         text = message.get("content") or ""
-        finish = choice.get("finish_reason") or "stop"
-        if finish == "length":
-            raise ModelOutputError(f"{self.name}: answer truncated at {sampling.max_tokens}", text)
-        salt = f"{len(messages)}:{sampling.seed}"
-        calls, decoded = _native_calls(message.get("tool_calls") or [], salt, text)
-        return Completion(
-            text=text,
-            tool_calls=calls,
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            finish_reason=finish,
-            model=self.name,
-            parsed={"tool_calls": decoded} if calls else {"content": text, "final": False},
-            retries=retries,
+        raw = RawCompletion(
+            text,
+            int(usage.get("prompt_tokens") or 0),
+            int(usage.get("completion_tokens") or 0),
+            choice.get("finish_reason") or "stop",
+            retries,
         )
+
+        def parse() -> tuple[str, list[ToolCall], list[dict[str, Any]]]:
+            salt = f"{len(messages)}:{sampling.seed}"
+            calls, decoded = _native_calls(message.get("tool_calls") or [], salt, text)
+            return text, calls, decoded
+
+        return self.native_completion(raw, sampling, parse)
 
 
 def _native_calls(

@@ -21,7 +21,6 @@ from simulators.llm.base import (
     Completion,
     ConstrainedChatModel,
     ModelError,
-    ModelOutputError,
     RawCompletion,
     Sampling,
 )
@@ -40,6 +39,7 @@ class VLLMChatModel(ConstrainedChatModel):
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
         self.name = config.display_name()
+        self.native_tools = config.tool_call_mode == "native"
         self.bound_strings, self.bound_items = config.generation_bounds()
         self._engine: AsyncLLM | None = None
         self._tokenizer: Any = None
@@ -54,36 +54,22 @@ class VLLMChatModel(ConstrainedChatModel):
     ) -> RawCompletion:
         return await self._generate(messages, schema, sampling)
 
-    async def complete(
-        self,
-        messages: list[Message],
-        tools: list[dict[str, Any]] | None = None,
-        response_schema: dict[str, Any] | None = None,
-        sampling: Sampling | None = None,
+    async def complete_native(
+        self, messages: list[Message], tools: list[dict[str, Any]], sampling: Sampling
     ) -> Completion:
-        """In native mode with tools: the model's own tool-call format, read by vLLM's parser."""
-        if self.config.tool_call_mode != "native" or not tools:
-            return await super().complete(messages, tools, response_schema, sampling)
-        sampling = sampling or Sampling()
+        """The model's own tool-call format, read by vLLM's parser."""
         chat = [_template_message(m) for m in messages]
         raw = await self._generate(chat, None, sampling, tools=tools)
-        if raw.finish_reason == "length":
-            raise ModelOutputError(
-                f"{self.name}: answer truncated at {sampling.max_tokens}", raw.text
-            )
-        salt = f"{len(messages)}:{sampling.seed}"
-        if self._tool_parser is None:
-            self._tool_parser = make_tool_parser(self._tokenizer, str(self.config.tool_call_parser))
-        content, calls, decoded = parse_native_tool_calls(self._tool_parser, raw.text, tools, salt)
-        return Completion(
-            text=content,
-            tool_calls=calls,
-            prompt_tokens=raw.prompt_tokens,
-            completion_tokens=raw.completion_tokens,
-            finish_reason=raw.finish_reason,
-            model=self.name,
-            parsed={"tool_calls": decoded} if calls else {"content": content, "final": False},
-        )
+
+        def parse() -> tuple[str, list[Any], list[dict[str, Any]]]:
+            if self._tool_parser is None:
+                self._tool_parser = make_tool_parser(
+                    self._tokenizer, str(self.config.tool_call_parser)
+                )
+            salt = f"{len(messages)}:{sampling.seed}"
+            return parse_native_tool_calls(self._tool_parser, raw.text, tools, salt)
+
+        return self.native_completion(raw, sampling, parse)
 
     async def _generate(
         self,
