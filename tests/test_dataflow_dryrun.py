@@ -72,6 +72,18 @@ def dry_run() -> tuple[Any, PipelineOptions]:
     return result, options
 
 
+def job_environment(result: Any, options: PipelineOptions) -> Any:
+    """The worker environment Dataflow would be asked for, built offline from a dry run's job
+    and its options."""
+    return apiclient.Environment(
+        packages=[],
+        options=options,
+        environment_version=apiclient._FNAPI_ENVIRONMENT_MAJOR_VERSION,
+        proto_pipeline_staged_url="gs://agentmill-test/tmp/staging/pipeline.pb",
+        proto_pipeline=result.job.proto_pipeline,
+    ).proto
+
+
 def top_level(proto: beam_runner_api_pb2.Pipeline) -> set[str]:
     return {t.unique_name for t in proto.components.transforms.values() if "/" not in t.unique_name}
 
@@ -115,13 +127,7 @@ def test_the_job_proto_is_serializable_and_reloads(dry_run: tuple[Any, PipelineO
 def test_the_job_request_asks_for_gpu_workers(dry_run: tuple[Any, PipelineOptions]) -> None:
     """The worker pool Dataflow would be asked for, built offline from the same options."""
     result, options = dry_run
-    environment = apiclient.Environment(
-        packages=[],
-        options=options,
-        environment_version=apiclient._FNAPI_ENVIRONMENT_MAJOR_VERSION,
-        proto_pipeline_staged_url="gs://agentmill-test/tmp/staging/pipeline.pb",
-        proto_pipeline=result.job.proto_pipeline,
-    ).proto
+    environment = job_environment(result, options)
     (pool,) = environment.worker_pools
     assert pool.machine_type == "g2-standard-8"
     assert pool.worker_harness_container_image == IMAGE

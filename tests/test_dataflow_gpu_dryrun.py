@@ -21,6 +21,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from pipelines.config import ROLES, load_config
 from pipelines.dataflow import gpu_worker_args
 from pipelines.run import build
+from tests.test_dataflow_dryrun import job_environment
 
 apiclient = pytest.importorskip(
     "apache_beam.runners.dataflow.internal.apiclient",
@@ -69,13 +70,7 @@ def test_the_job_asks_for_eight_h100s_and_one_process_per_vm(
 ) -> None:
     result, options = dry_run
     assert result.state == "DONE"
-    environment = apiclient.Environment(
-        packages=[],
-        options=options,
-        environment_version=apiclient._FNAPI_ENVIRONMENT_MAJOR_VERSION,
-        proto_pipeline_staged_url="gs://agentmill-test/tmp/staging/pipeline.pb",
-        proto_pipeline=result.job.proto_pipeline,
-    ).proto
+    environment = job_environment(result, options)
     (pool,) = environment.worker_pools
     assert pool.machine_type == "a3-highgpu-8g"
     assert pool.worker_harness_container_image == IMAGE
