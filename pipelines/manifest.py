@@ -18,7 +18,6 @@ from typing import Any
 
 from pipelines.config import ROLES, RunConfig
 from pipelines.parquet_io import OUTPUT_FOLDERS, count_rows, read_column
-from pipelines.resume import work_key
 from simulators.llm.engines import engines
 
 EPISODE_STAGES = ("episodes", "judge")
@@ -83,9 +82,11 @@ def build_manifest(
     started_at: float,
     finished_at: float,
     reused: dict[str, int] | None = None,
+    checkpoint: str | None = None,
 ) -> dict[str, Any]:
     """The manifest of the run folder `out`; `reused` counts, per stage, the finished work the
-    run took from its checkpoint instead of recomputing it (tokens count only new work)."""
+    run took from its checkpoint (`checkpoint`, relative to `out`) instead of recomputing it
+    (tokens count only new work)."""
     counts = {folder: count_rows(out / folder) for folder in OUTPUT_FOLDERS}
     failure_stages = Counter(_column(out / "failures", "stage"))
     failure_types = Counter(
@@ -133,7 +134,7 @@ def build_manifest(
         "tokens": dict(sorted(tokens.items())),
         "tokens_by_model": tokens_by_model(tokens, models),
         "resume": {
-            "checkpoint": f"_work/{work_key(config)}",
+            "checkpoint": checkpoint,
             "reused": dict(reused or {}),
         },
         "timings": {

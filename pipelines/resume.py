@@ -87,10 +87,6 @@ def work_key(config: RunConfig) -> str:
     return f"{config.fingerprint()}-{inputs_digest(config)}"
 
 
-def work_root(config: RunConfig) -> storage.RunPath:
-    return storage.run_path(config.out) / WORK / work_key(config)
-
-
 def checkpoint_rows(key: str, outputs: list[Any]) -> list[dict[str, str]]:
     """Checkpoint rows for one finished input's outputs."""
     rows = []
@@ -170,15 +166,21 @@ class Resume:
     chosen: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def key(self) -> str:
+        """The area's name (`work_key` of the config it was loaded for)."""
+        return self.root.rstrip("/").rsplit("/", 1)[-1]
+
     @classmethod
-    def load(cls, config: RunConfig) -> Resume:
-        """Read the area of `config`'s fingerprint, keeping only work that still fits together.
+    def load(cls, config: RunConfig, key: str | None = None) -> Resume:
+        """Read the area of `config` (named `key` when the caller has it already), keeping only
+        work that still fits together.
 
         Each stage keeps the first copy of a key (parts sort by time). A task is reused only if
         its agent is, an episode only if its task is, a judgement only if its trajectory is, so
         a rerun never mixes outputs of inputs it made afresh.
         """
-        root = work_root(config)
+        root = storage.run_path(config.out) / WORK / (key or work_key(config))
         resume = cls(root=str(root))
         n_agents = -(-config.episodes // config.tasks_per_agent)
         valid_keys = {
@@ -264,7 +266,7 @@ def prepare(config: RunConfig) -> Resume:
         for path in storage.list_files(work, "**"):
             if not path.startswith(prefix + mine + "/"):
                 storage.remove_tree(path)
-    return Resume.load(config)
+    return Resume.load(config, mine)
 
 
 def _decode(stage: str, key: str, tag: str, record: str) -> Any:

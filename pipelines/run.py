@@ -180,7 +180,8 @@ def run(config: RunConfig, pipeline: beam.Pipeline | None = None) -> dict[str, A
         STOP.reset()  # a stop belongs to this run; pipelines built later start clean
         runtime.close_models()
     manifest = build_manifest(
-        config, out, result, started_at=started, finished_at=time.time(), reused=reused
+        config, out, result, started_at=started, finished_at=time.time(), reused=reused,
+        checkpoint=f"{checkpoints.WORK}/{resume.key}",
     )
     storage.write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     write_card(out, manifest)
