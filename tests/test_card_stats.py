@@ -264,3 +264,25 @@ def test_rejection_reasons_group_by_check_and_plot_cleanly(tmp_path: Path) -> No
         made = write_plots(tmp_path, stats)
     assert len(made) == 5
     assert all((tmp_path / path).read_bytes().startswith(PNG) for path in made.values())
+
+
+def test_card_snippet_loads_only_folders_with_rows(scripted_run: Path, tmp_path: Path) -> None:
+    """A run whose sft/ is empty: every `load_dataset` line of its card runs (none names sft)."""
+    import shutil
+
+    manifest = json.loads((scripted_run / "manifest.json").read_text())
+    run = tmp_path / "no_sft"
+    shutil.copytree(scripted_run, run)
+    shutil.rmtree(run / "sft")
+    (run / "sft").mkdir()
+    pq.write_table(pa.Table.from_pylist([], schema=arrow.SFT_SCHEMA), run / "sft" / "p.parquet")
+    manifest["counts"]["sft"] = 0
+    write_card(run, manifest)
+    _, body = card(run)
+    snippet = re.search(r"```python\n(.*?)```", body, re.S).group(1)  # type: ignore[union-attr]
+    assert "'sft'" not in snippet and "'rejected'" in snippet and "'rl'" in snippet
+    assert "`sft/` hold no rows" in body
+    scope: dict[str, Any] = {}
+    exec(snippet, scope)  # the lines a user would paste
+    assert len(scope["rejected"]) == manifest["counts"]["rejected"]
+    assert len(scope["rl"]) == manifest["counts"]["rl"]
