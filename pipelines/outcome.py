@@ -43,16 +43,17 @@ def stage_totals(manifest: dict[str, Any]) -> dict[str, tuple[int, int]]:
     }
 
 
-def judge_outcome(manifest: dict[str, Any], out: str | Path) -> Outcome:
-    """The run's exit code (0 or 1), what made it non-zero, and its top failure reasons."""
-    brake = manifest["config"].get("control", {}).get("max_failure_rate", 0.5)
+def judge_outcome(manifest: dict[str, Any], out: str | Path, dry_run: bool = False) -> Outcome:
+    """The run's exit code (0 or 1), what made it non-zero, and its top failure reasons; a dry
+    run (which plays nothing) is judged on failures only."""
+    brake = manifest.get("config", {}).get("control", {}).get("max_failure_rate", 0.5)
     problems = []
     for stage, (ok, failed) in stage_totals(manifest).items():
         reached = ok + failed
         if reached and failed > brake * reached:
             share = "every one" if ok == 0 else f"{failed / reached:.0%}, above {brake:.0%}"
             problems.append(f"{stage}: {failed} of {reached} failed ({share})")
-    if manifest["counts"].get("trajectories", 0) == 0 and not problems:
+    if manifest["counts"].get("trajectories", 0) == 0 and not problems and not dry_run:
         problems.append("no episode was played: nothing reached the episode stage")
     return Outcome(1 if problems else 0, problems, top_reasons(out) if problems or
                    manifest["counts"].get("failures") else [])
