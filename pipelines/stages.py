@@ -23,7 +23,6 @@ from schemas.records import (
     AgentSpec,
     Failure,
     Judgement,
-    Message,
     RejectedTrajectory,
     RLTask,
     Task,
@@ -31,7 +30,7 @@ from schemas.records import (
     ToolSpec,
     Trajectory,
 )
-from simulators.episode import RoleModels, run_episode
+from simulators.episode import RoleClients, agent_system_message, run_episode
 from simulators.persona import make_persona
 from toolspecs.compose import DIFFICULTIES, choose_tools, write_agent, write_task
 from toolspecs.domain import load_domain
@@ -235,7 +234,7 @@ class _EpisodeFn(_RunFn):
     async def handle(self, element: tuple[Task, AgentSpec]) -> Handled:
         task, agent = element
         cfg = self.config
-        models = RoleModels(
+        models = RoleClients(
             user=model(cfg.models.user),
             agent=model(cfg.models.agent),
             tool=model(cfg.models.tool),
@@ -360,14 +359,15 @@ def join_trajectories_with_tasks(trajectories: Any, tasks: Any) -> Any:
 def rl_task(pair: tuple[Task, AgentSpec]) -> RLTask:
     """A task in the form an RL rollout starts from."""
     task, agent = pair
-    system = agent.system_prompt + (f"\n\nPolicy: {agent.policy}" if agent.policy else "")
     return RLTask(
         task_id=task.id,
         agent_id=agent.id,
         domain=agent.domain,
         difficulty=task.difficulty,
         goal=task.goal,
-        prompt=[Message(role="system", content=system)],
+        user_knows=task.user_knows,
+        user_withholds=task.user_withholds,
+        prompt=[agent_system_message(agent)],
         tools=[t.openai_tool() for t in agent.tools],
         rubric=task.rubric,
         initial_state=task.initial_state,

@@ -115,6 +115,8 @@ RL_SCHEMA = pa.schema(
         ("domain", pa.string()),
         ("difficulty", pa.string()),
         ("goal", pa.string()),
+        ("user_knows", pa.list_(pa.string())),
+        ("user_withholds", pa.list_(pa.string())),
         ("prompt", MESSAGES),
         ("tools", pa.string()),
         ("rubric", pa.string()),

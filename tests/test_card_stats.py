@@ -288,3 +288,25 @@ def test_check_rejections_are_not_judge_verdicts(tmp_path: Path) -> None:
     assert numbers["judge"]["pass_rate"] == 0.5
     assert numbers["series"]["scores_rejected"] == [0.25]  # no 0.0 plotted for the checks' one
     assert numbers["failure_reasons"] == {"check: tool_error": 1, "judge: score below threshold": 1}
+
+
+def test_card_snippet_loads_only_folders_with_rows(scripted_run: Path, tmp_path: Path) -> None:
+    """A run whose sft/ is empty: every `load_dataset` line of its card runs (none names sft)."""
+    import shutil
+
+    manifest = json.loads((scripted_run / "manifest.json").read_text())
+    run = tmp_path / "no_sft"
+    shutil.copytree(scripted_run, run)
+    shutil.rmtree(run / "sft")
+    (run / "sft").mkdir()
+    pq.write_table(pa.Table.from_pylist([], schema=arrow.SFT_SCHEMA), run / "sft" / "p.parquet")
+    manifest["counts"]["sft"] = 0
+    write_card(run, manifest)
+    _, body = card(run)
+    snippet = re.search(r"```python\n(.*?)```", body, re.S).group(1)  # type: ignore[union-attr]
+    assert "'sft'" not in snippet and "'rejected'" in snippet and "'rl'" in snippet
+    assert "`sft/` hold no rows" in body
+    scope: dict[str, Any] = {}
+    exec(snippet, scope)  # the lines a user would paste
+    assert len(scope["rejected"]) == manifest["counts"]["rejected"]
+    assert len(scope["rl"]) == manifest["counts"]["rl"]
