@@ -15,7 +15,7 @@ import apache_beam as beam
 from filters.checks import run_checks
 from filters.judge import checks_judgement, judge
 from filters.reward import score_trajectory, with_reward
-from pipelines.batching import FAILURES, AsyncBatchFn, Handled, failure_from
+from pipelines.batching import FAILURES, AsyncBatchFn, Handled, failure_from, usage_kept
 from pipelines.config import RunConfig
 from pipelines.resume import StageControl
 from pipelines.runtime import model
@@ -115,9 +115,10 @@ class _ComposeAgentFn(_RunFn):
         domain, tools = choose_tools(self._pool, slot, cfg.seed, cfg.min_tools, cfg.max_tools)
         usage: dict[str, TokenCount] = {}
         sampling = cfg.synthesis.model_copy(update={"seed": stable_seed(cfg.seed, "agent", slot)})
-        agent = await write_agent(
-            model(cfg.models.synthesizer), domain, tools, sampling, usage, cfg.attempts
-        )
+        with usage_kept(usage):
+            agent = await write_agent(
+                model(cfg.models.synthesizer), domain, tools, sampling, usage, cfg.attempts
+            )
         return [(slot, agent)], usage
 
     def failure(self, slot: int, error: BaseException) -> Failure:
@@ -154,9 +155,11 @@ class _WriteTaskFn(_RunFn):
         usage: dict[str, TokenCount] = {}
         sampling = cfg.synthesis.model_copy(update={"seed": stable_seed(cfg.seed, "task", index)})
         difficulty = DIFFICULTIES[index % len(DIFFICULTIES)]
-        task = await write_task(
-            model(cfg.models.synthesizer), agent, difficulty, index, sampling, usage, cfg.attempts
-        )
+        with usage_kept(usage):
+            task = await write_task(
+                model(cfg.models.synthesizer), agent, difficulty, index, sampling, usage,
+                cfg.attempts,
+            )
         return [task], usage
 
     def failure(self, element: tuple[int, AgentSpec], error: BaseException) -> Failure:
@@ -289,23 +292,18 @@ class _JudgeFn(_RunFn):
         if failed:
             judgement = checks_judgement(trajectory, failed)
         else:
-            result = await judge(
-                trajectory,
-                task,
-                model(cfg.models.judge),
-                cfg.judge.sampling.model_copy(
-                    update={"seed": stable_seed(cfg.seed, "judge", trajectory.id)}
-                ),
-                pass_threshold=cfg.judge.pass_threshold,
-                max_attempts=cfg.judge.attempts,
-            )
-            usage["judge"] = TokenCount(
-                prompt=result.prompt_tokens,
-                completion=result.completion_tokens,
-                requests=result.requests,
-                retries=result.retries,
-                wait_s=result.wait_s,
-            )
+            with usage_kept(usage):
+                result = await judge(
+                    trajectory,
+                    task,
+                    model(cfg.models.judge),
+                    cfg.judge.sampling.model_copy(
+                        update={"seed": stable_seed(cfg.seed, "judge", trajectory.id)}
+                    ),
+                    pass_threshold=cfg.judge.pass_threshold,
+                    max_attempts=cfg.judge.attempts,
+                    usage=usage,
+                )
             judgement = result.judgement
         # The outcome reward is recorded beside the verdict; the verdict alone decides sft/.
         judgement = with_reward(judgement, score_trajectory(trajectory, task))
