@@ -93,6 +93,10 @@ def _calls(trajectory: Trajectory) -> Iterable[tuple[int, ToolCall]]:
                 yield index, call
 
 
+tool_calls = _calls
+"""Public name of `_calls`, for the process reward (`filters.reward`), which shares these checks."""
+
+
 def _short(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -189,15 +193,18 @@ def no_empty_turns(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
     ]
 
 
+def call_key(call: ToolCall) -> tuple[str, str]:
+    """What makes two calls identical: the tool and its arguments (JSON compared canonically)."""
+    try:
+        arguments = canonical_json(json.loads(call.function.arguments))
+    except json.JSONDecodeError:
+        arguments = call.function.arguments
+    return call.function.name, arguments
+
+
 def no_call_loops(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
     """No tool is called with the same arguments `repeat_threshold` times: the agent is stuck."""
-    counts: Counter[tuple[str, str]] = Counter()
-    for _, call in _calls(trajectory):
-        try:
-            arguments = canonical_json(json.loads(call.function.arguments))
-        except json.JSONDecodeError:
-            arguments = call.function.arguments
-        counts[(call.function.name, arguments)] += 1
+    counts: Counter[tuple[str, str]] = Counter(call_key(c) for _, c in _calls(trajectory))
     return [
         f"repeated_call: {name!r} called {count} times with {_short(arguments)}"
         for (name, arguments), count in counts.items()
