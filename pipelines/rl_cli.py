@@ -90,6 +90,51 @@ def rollout_command(
         raise typer.Exit(1)
 
 
+
+
+def serve_env_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder with rl/.")],
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8700,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    config: Annotated[
+        Path | None,
+        typer.Option(help="YAML over the run's config (user/tool models, episode, reward)."),
+    ] = None,
+    max_sessions: Annotated[int, typer.Option(help="Live sessions at most.")] = 1024,
+    idle_seconds: Annotated[
+        float, typer.Option(help="Drop a session idle this long.")
+    ] = 600.0,
+    max_body_kib: Annotated[int, typer.Option(help="Largest request body, KiB.")] = 1024,
+) -> None:
+    """Serve the run's tasks as environments over HTTP (reset / step / close / tasks)."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    from pipelines.config import ConfigError
+    from pipelines.envs import RunEnvironments
+    from pipelines.runtime import run as run_async
+    from pipelines.serve_env import EnvServer, serve
+
+    if not (run_dir / "rl").is_dir():
+        err.print(f"[red]error:[/red] {escape(str(run_dir / 'rl'))}: no such folder")
+        raise typer.Exit(2)
+    try:
+        envs = RunEnvironments.open(run_dir, config)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from exc
+    for failure in envs.failures:
+        err.print(f"[yellow]skipped:[/yellow] {escape(failure.error)}", soft_wrap=True)
+    server = EnvServer(
+        envs, max_sessions=max_sessions, idle_seconds=idle_seconds,
+        max_body_bytes=max_body_kib * 1024,
+    )
+    err.print(f"serving {len(envs.tasks)} tasks on http://{host}:{port} (Ctrl-C stops)")
+    try:
+        run_async(serve(server, host, port))
+    except KeyboardInterrupt:
+        err.print("stopped")
+
+
 def register(app: typer.Typer) -> None:
     """Add the RL commands to `app`."""
     app.command("rollout")(rollout_command)
+    app.command("serve-env")(serve_env_command)
