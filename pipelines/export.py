@@ -263,6 +263,7 @@ VERL_ABILITY = "tool_use"
 VERL_SCHEMA = pa.schema(
     [
         ("data_source", pa.string()),
+        ("agent_name", pa.string()),
         ("prompt", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
         ("ability", pa.string()),
         ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())])),
@@ -287,6 +288,7 @@ VERL_SCHEMA = pa.schema(
                         pa.struct(
                             [
                                 ("name", pa.string()),
+                                ("task_id", pa.string()),
                                 ("goal", pa.string()),
                                 ("user_knows", pa.list_(pa.string())),
                                 ("user_withholds", pa.list_(pa.string())),
@@ -313,6 +315,7 @@ def verl_row(row: dict[str, Any], task: dict[str, Any] | None = None) -> dict[st
     prompt.append({"role": "user", "content": row["goal"]})
     return {
         "data_source": VERL_DATA_SOURCE,
+        "agent_name": "tool_agent",
         "prompt": prompt,
         "ability": VERL_ABILITY,
         "reward_model": {"style": "rubric", "ground_truth": row["rubric"]},
@@ -331,9 +334,12 @@ def verl_row(row: dict[str, Any], task: dict[str, Any] | None = None) -> dict[st
             "tool_specs": row["tool_specs"],
             "interaction_kwargs": {
                 "name": "agentmill_user",
+                "task_id": row["task_id"],
                 "goal": row["goal"],
-                "user_knows": list(task.get("user_knows") or []),
-                "user_withholds": list(task.get("user_withholds") or []),
+                "user_knows": list(row.get("user_knows") or task.get("user_knows") or []),
+                "user_withholds": list(
+                    row.get("user_withholds") or task.get("user_withholds") or []
+                ),
             },
         },
     }
@@ -503,7 +509,7 @@ def export(
         by_split["validation" if row_id(record) in validation else "train"].append(record)
 
     data, jsonl_data = out / DATA_FOLDER, out / JSONL_FOLDER
-    for owned in (data, jsonl_data, out / "export.json", out / "README.md"):
+    for owned in (data, jsonl_data, out / "export.json", out / "README.md", out / "verl"):
         storage.remove_tree(owned)
     data.mkdir(parents=True, exist_ok=True)
     if jsonl:
@@ -552,9 +558,47 @@ def export(
             "tokens": sum(size for _, size in sizes),
             "shards": files,
         }
+    if fmt == "verl":
+        summary["verl"] = _write_verl_configs(run_dir, rows, out)
     (out / "export.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     (out / "README.md").write_text(_export_card(summary, run_dir, data), encoding="utf-8")
     return summary
+
+
+def _write_verl_configs(run_dir: Path, rows: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    """verl's interaction and tool config files beside the data.
+
+    verl offers one global tool list, so the tools of every task are merged by name; a name two
+    tasks define differently keeps its first definition and is listed under `tool_conflicts`.
+    """
+    import yaml
+
+    from pipelines.verl_env import verl_configs
+
+    tools: dict[str, dict[str, Any]] = {}
+    conflicts: set[str] = set()
+    for row in rows:
+        for tool in json.loads(row["tools"]) if isinstance(row["tools"], str) else row["tools"]:
+            name = tool["function"]["name"]
+            if name in tools and tools[name] != tool:
+                conflicts.add(name)
+            tools.setdefault(name, tool)
+    interaction, tool_config = verl_configs(
+        str(run_dir.resolve()), [tools[n] for n in sorted(tools)]
+    )
+    folder = out / "verl"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "interaction_config": folder / "interaction_config.yaml",
+        "tool_config": folder / "tool_config.yaml",
+    }
+    paths["interaction_config"].write_text(yaml.safe_dump(interaction, sort_keys=False))
+    paths["tool_config"].write_text(yaml.safe_dump(tool_config, sort_keys=False))
+    return {
+        **{name: str(path) for name, path in paths.items()},
+        "tools": len(tools),
+        "tool_conflicts": sorted(conflicts),
+    }
 
 
 def _export_card(summary: dict[str, Any], run_dir: Path, data: Path) -> str:

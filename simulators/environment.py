@@ -259,8 +259,13 @@ class Environment:
         """The world as the tools have left it so far."""
         return self._tools.state if self._tools is not None else self.task.initial_state
 
-    async def reset(self, seed: int = 0, persona: Persona | None = None) -> Observation:
-        """Start a fresh episode (new world, new user) and return the opening and the tools."""
+    async def reset(
+        self, seed: int = 0, persona: Persona | None = None, opening: str | None = None
+    ) -> Observation:
+        """Start a fresh episode (new world, new user) and return the opening and the tools.
+
+        `opening` is the user's first message when the trainer already showed the policy one
+        (verl's prompt); otherwise the simulated user writes it."""
         config = self.config
         self.seed = seed
         self.usage = {}
@@ -274,7 +279,8 @@ class Environment:
         self.messages = [agent_system_message(self.agent)]
         self._turns, self._tool_rounds, self._steps = 1, 0, 0
         self.end_reason, self.trajectory, self.done = None, None, False
-        opening = await self._roles(self._user.opening(self.usage))
+        if opening is None:
+            opening = await self._roles(self._user.opening(self.usage))
         self.messages.append(Message(role="user", content=opening))
         return Observation(messages=list(self.messages), tools=self.tools)
 
