@@ -23,7 +23,7 @@ from pipelines.parquet_io import read_rows
 from pipelines.runtime import model
 from schemas.arrow import from_row
 from schemas.records import Failure, RLTask
-from simulators.environment import Environment
+from simulators.environment import Environment, task_from_rl
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -110,6 +110,7 @@ class RunEnvironments:
     config: RunConfig
     tasks: dict[str, RLTask]
     failures: list[Failure] = field(default_factory=list)
+    _parsed: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(
@@ -122,10 +123,13 @@ class RunEnvironments:
 
     def make(self, task_id: str) -> Environment:
         """A fresh environment for `task_id` (KeyError if the run has no such task)."""
-        row = self.tasks[task_id]
+        if task_id not in self._parsed:  # parse a row's task and tools once, not per episode
+            self._parsed[task_id] = task_from_rl(self.tasks[task_id])
+        task, agent = self._parsed[task_id]
         cfg = self.config
-        return Environment.from_rl(
-            row,
+        return Environment(
+            task,
+            agent,
             model(cfg.models.user),
             model(cfg.models.tool),
             cfg.episode,

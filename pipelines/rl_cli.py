@@ -62,12 +62,19 @@ def rollout_command(
     except (RolloutError, ConfigError) as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
+    finally:
+        from pipelines.runtime import close_models
+
+        close_models()  # engines shut down while the console is still open
     counts = manifest["counts"]
     table = Table(title=f"rollouts of {escape(manifest['policy'])}")
     table.add_column("k")
     table.add_column("pass^k")
+    k = counts["k"]
+    shown = {i for i in range(1, min(k, 5) + 1)} | {2**p for p in range(12) if 2**p <= k} | {k}
     for i, value in manifest["pass_hat_k"].items():
-        table.add_row(i, "-" if value is None else f"{value:.3f}")
+        if int(i) in shown:  # every k is in the manifest; the table keeps a readable few
+            table.add_row(i, "-" if value is None else f"{value:.3f}")
     console.print(table)
     means = Table(title="mean rewards")
     for column in ("group", "rollouts", "reward", "outcome", "process"):

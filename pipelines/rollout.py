@@ -172,6 +172,7 @@ def rollout(
     overrides: dict[str, Any] | None = None,
     in_flight: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    all_started: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Play every task of `run_dir`'s `rl/` K times into `out`; returns the manifest."""
     if k < 1:
@@ -210,7 +211,9 @@ def rollout(
     limit = in_flight or envs.config.in_flight
     from pipelines.runtime import run as run_async
 
-    new_rows, new_failures = run_async(_play_all(envs, policy, todo, limit, out, progress))
+    new_rows, new_failures = run_async(
+        _play_all(envs, policy, todo, limit, out, progress, all_started)
+    )
     _write_part(out / "failures", FAILURE_SCHEMA, [to_row(f) for f in new_row_failures])
     all_rows = done_rows + new_rows
     all_failures = done_failures + [to_row(f) for f in new_failures + new_row_failures]
@@ -256,6 +259,7 @@ async def _play_all(
     limit: int,
     out: Path,
     progress: Callable[[int, int], None] | None,
+    all_started: Callable[[], None] | None = None,
 ) -> tuple[list[dict[str, Any]], list[Failure]]:
     """Play `todo` with at most `limit` in flight, flushing finished rollouts as they come."""
     rows: list[dict[str, Any]] = []
@@ -291,9 +295,15 @@ async def _play_all(
         if pending >= FLUSH_EVERY or time.monotonic() - last_flush > FLUSH_SECONDS:
             flush()
 
+    started_all = False
+
     async def worker() -> None:
+        nonlocal started_all
         for task, sample in queue:
             await one(task, sample)
+        if not started_all and all_started is not None:  # the first idle worker: none left
+            started_all = True
+            all_started()
 
     try:
         await asyncio.gather(*(worker() for _ in range(max(1, min(limit, len(todo))))))
