@@ -165,3 +165,23 @@ def test_tools_without_a_rollout_answer_an_error_and_unfinished_rollouts_score_z
     assert compute_score("agentmill", "", "", {"turn_scores": []}) == {
         "score": 0.0, "finished": False
     }
+
+
+def test_the_adapters_subclass_verls_own_bases_when_verl_is_installed() -> None:
+    """With verl importable (a release that still ships `verl.interactions`), the adapters are
+    its classes; without it they stand alone with the same call signatures."""
+    import importlib.util
+
+    import pytest
+
+    from pipelines.verl_env import AgentmillInteraction, AgentmillTool
+
+    if importlib.util.find_spec("verl") is None or importlib.util.find_spec(
+        "verl.interactions"
+    ) is None:
+        pytest.skip("verl with verl.interactions is not installed")
+    from verl.interactions.base import BaseInteraction
+    from verl.tools.base_tool import BaseTool
+
+    assert issubclass(AgentmillInteraction, BaseInteraction)
+    assert issubclass(AgentmillTool, BaseTool)
