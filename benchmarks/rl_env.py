@@ -163,6 +163,71 @@ def serve_env_benchmark(args: argparse.Namespace, work: Path) -> None:
           "after play")
 
 
+def instant_roles(request: Any) -> Any:
+    """User and tool answers at no model cost: what is left is the environment's own work."""
+    import random
+
+    from simulators.llm.scripted import schema_instance
+
+    properties = (request.schema or {}).get("properties", {})
+    if "done" in properties:
+        return {"message": "ok, thanks", "done": False}
+    if "message" in properties:
+        return {"message": "Please cancel my order ORD-5001."}
+    return schema_instance(request.schema or {"type": "string"}, random.Random(len(request.last)))
+
+
+def serve_env_instant_benchmark(args: argparse.Namespace, work: Path) -> None:
+    """serve-env's handlers and environments alone: roles answered in process at no model cost,
+    HTTP through aiohttp's test client in the same process (its CPU counted too)."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from pipelines.envs import RunEnvironments
+    from pipelines.serve_env import EnvServer
+    from simulators.llm import registry
+    from simulators.llm.registry import ModelConfig
+    from simulators.llm.scripted import ScriptedModel
+
+    registry.register(ModelConfig(backend="scripted", model="instant"),
+                      ScriptedModel(instant_roles, keep=1))
+    run_dir = make_run(work / "instant-run", "http://unused", {"failure_rate": 0.1})
+    config = json.loads((run_dir / "manifest.json").read_text())
+    instant = {"backend": "scripted", "model": "instant"}
+    config["config"]["models"] = {"user": instant, "tool": instant, "agent": instant}
+    (run_dir / "manifest.json").write_text(json.dumps(config))
+    server = EnvServer(RunEnvironments.open(run_dir), max_sessions=args.sessions * 2)
+
+    async def main() -> tuple[int, float]:
+        async with TestClient(TestServer(server.app())) as client:
+            tasks = (await (await client.get("/tasks")).json())["tasks"]
+            cpu = time.process_time()
+            steps = 0
+
+            async def play(index: int) -> None:
+                nonlocal steps
+                response = await client.post(
+                    "/reset", json={"task_id": tasks[index % len(tasks)], "seed": index}
+                )
+                session = (await response.json())["session_id"]
+                for turn in range(3):
+                    for action in ACTIONS:
+                        answer = await (await client.post("/step", json={
+                            "session_id": session, "message": action, "final": turn == 2,
+                        })).json()
+                        steps += 1
+                        if answer["done"]:
+                            return
+
+            await asyncio.gather(*(play(i) for i in range(args.sessions)))
+            return steps, time.process_time() - cpu
+
+    steps, cpu = asyncio.run(main())
+    per_step = cpu * 1000 / steps
+    print(f"\n== serve-env, roles answered in process at no model cost: {args.sessions} sessions, "
+          f"{steps} steps, {cpu:.2f} s CPU (server, environments and HTTP client in one process)")
+    print(f"environment + HTTP CPU per step without model clients: {per_step:.2f} ms")
+
+
 def rollout_benchmark(args: argparse.Namespace, work: Path) -> None:
     from benchmarks.sim_server import Capacity, start_server
     from pipelines import runtime
@@ -209,11 +274,13 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=256)
     parser.add_argument("--token-ms", type=float, default=20.0)
     parser.add_argument("--tokens", type=int, default=50)
-    parser.add_argument("--only", choices=["serve-env", "rollout"])
+    parser.add_argument("--only", choices=["serve-env", "instant", "rollout"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="agentmill-rl-bench-") as tmp:
         if args.only in (None, "serve-env"):
             serve_env_benchmark(args, Path(tmp))
+        if args.only in (None, "instant"):
+            serve_env_instant_benchmark(args, Path(tmp))
         if args.only in (None, "rollout"):
             rollout_benchmark(args, Path(tmp))
 
