@@ -23,6 +23,7 @@ from simulators.ask import RoleOutputError, Usage, ask
 from simulators.llm.base import ChatModel, Completion, ModelError, Sampling
 from simulators.tool_simulator import ToolSimulator
 from simulators.user_simulator import UserSimulator
+from simulators.workspace_tools import WorkspaceTools, answerer, close, finish
 
 
 class EpisodeConfig(BaseModel):
@@ -125,6 +126,8 @@ async def run_episode(
         allow_entrypoints=config.allow_entrypoints,
         entrypoint_timeout_s=config.entrypoint_timeout_s,
     )
+    # A task with files gets real workspace tools in a sandbox beside the simulated ones.
+    simulator = answerer(simulator, task.workspace)
     messages: list[Message] = [agent_system_message(agent)]
     try:
         messages.append(Message(role="user", content=await user.opening(usage)))
@@ -144,10 +147,13 @@ async def run_episode(
                 break
             messages.append(Message(role="user", content=text))
             turns += 1
+        await finish(simulator)
     except RoleOutputError as exc:
         raise EpisodeError(str(exc), exc.role, exc.raw_output, usage) from exc
     except ModelError as exc:
         raise EpisodeError(f"model error: {exc}", usage=usage) from exc
+    finally:
+        close(simulator)
     return Trajectory(
         task_id=task.id,
         agent_id=agent.id,
@@ -171,7 +177,7 @@ async def _agent_turn(
     messages: list[Message],
     tools: list[dict],
     model: ChatModel,
-    simulator: ToolSimulator,
+    simulator: ToolSimulator | WorkspaceTools,
     usage: Usage,
     config: EpisodeConfig,
     seed: int,
