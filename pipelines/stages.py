@@ -15,7 +15,7 @@ import apache_beam as beam
 from filters.checks import run_checks
 from filters.judge import checks_judgement, judge
 from filters.reward import score_trajectory, with_reward
-from pipelines.batching import FAILURES, AsyncBatchFn, Handled, failure_from
+from pipelines.batching import FAILURES, AsyncBatchFn, Handled, failure_from, usage_kept
 from pipelines.config import RunConfig
 from pipelines.resume import StageControl
 from pipelines.runtime import model
@@ -23,7 +23,6 @@ from schemas.records import (
     AgentSpec,
     Failure,
     Judgement,
-    Message,
     RejectedTrajectory,
     RLTask,
     Task,
@@ -31,7 +30,7 @@ from schemas.records import (
     ToolSpec,
     Trajectory,
 )
-from simulators.episode import RoleModels, run_episode
+from simulators.episode import RoleClients, agent_system_message, run_episode
 from simulators.persona import make_persona
 from toolspecs.compose import DIFFICULTIES, choose_tools, write_agent, write_task
 from toolspecs.domain import load_domain
@@ -129,9 +128,10 @@ class _ComposeAgentFn(_RunFn):
         domain, tools = choose_tools(self._pool, slot, cfg.seed, cfg.min_tools, cfg.max_tools)
         usage: dict[str, TokenCount] = {}
         sampling = cfg.synthesis.model_copy(update={"seed": stable_seed(cfg.seed, "agent", slot)})
-        agent = await write_agent(
-            model(cfg.models.synthesizer), domain, tools, sampling, usage, cfg.attempts
-        )
+        with usage_kept(usage):
+            agent = await write_agent(
+                model(cfg.models.synthesizer), domain, tools, sampling, usage, cfg.attempts
+            )
         return [(slot, agent)], usage
 
     def failure(self, slot: int, error: BaseException) -> Failure:
@@ -168,9 +168,11 @@ class _WriteTaskFn(_RunFn):
         usage: dict[str, TokenCount] = {}
         sampling = cfg.synthesis.model_copy(update={"seed": stable_seed(cfg.seed, "task", index)})
         difficulty = DIFFICULTIES[index % len(DIFFICULTIES)]
-        task = await write_task(
-            model(cfg.models.synthesizer), agent, difficulty, index, sampling, usage, cfg.attempts
-        )
+        with usage_kept(usage):
+            task = await write_task(
+                model(cfg.models.synthesizer), agent, difficulty, index, sampling, usage,
+                cfg.attempts,
+            )
         return [task], usage
 
     def failure(self, element: tuple[int, AgentSpec], error: BaseException) -> Failure:
@@ -255,7 +257,7 @@ class _EpisodeFn(_RunFn):
     async def handle(self, element: tuple[Task, AgentSpec]) -> Handled:
         task, agent = element
         cfg = self.config
-        models = RoleModels(
+        models = RoleClients(
             user=model(cfg.models.user),
             agent=model(cfg.models.agent),
             tool=model(cfg.models.tool),
@@ -312,23 +314,18 @@ class _JudgeFn(_RunFn):
         if failed:
             judgement = checks_judgement(trajectory, failed)
         else:
-            result = await judge(
-                trajectory,
-                task,
-                model(cfg.models.judge),
-                cfg.judge.sampling.model_copy(
-                    update={"seed": stable_seed(cfg.seed, "judge", trajectory.id)}
-                ),
-                pass_threshold=cfg.judge.pass_threshold,
-                max_attempts=cfg.judge.attempts,
-            )
-            usage["judge"] = TokenCount(
-                prompt=result.prompt_tokens,
-                completion=result.completion_tokens,
-                requests=result.requests,
-                retries=result.retries,
-                wait_s=result.wait_s,
-            )
+            with usage_kept(usage):
+                result = await judge(
+                    trajectory,
+                    task,
+                    model(cfg.models.judge),
+                    cfg.judge.sampling.model_copy(
+                        update={"seed": stable_seed(cfg.seed, "judge", trajectory.id)}
+                    ),
+                    pass_threshold=cfg.judge.pass_threshold,
+                    max_attempts=cfg.judge.attempts,
+                    usage=usage,
+                )
             judgement = result.judgement
         # The outcome reward is recorded beside the verdict; the verdict alone decides sft/.
         judgement = with_reward(judgement, score_trajectory(trajectory, task))
@@ -384,14 +381,15 @@ def join_trajectories_with_tasks(trajectories: Any, tasks: Any) -> Any:
 def rl_task(pair: tuple[Task, AgentSpec]) -> RLTask:
     """A task in the form an RL rollout starts from."""
     task, agent = pair
-    system = agent.system_prompt + (f"\n\nPolicy: {agent.policy}" if agent.policy else "")
     return RLTask(
         task_id=task.id,
         agent_id=agent.id,
         domain=agent.domain,
         difficulty=task.difficulty,
         goal=task.goal,
-        prompt=[Message(role="system", content=system)],
+        user_knows=task.user_knows,
+        user_withholds=task.user_withholds,
+        prompt=[agent_system_message(agent)],
         tools=[t.openai_tool() for t in agent.tools],
         rubric=task.rubric,
         initial_state=task.initial_state,
