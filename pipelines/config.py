@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from filters.reward import RewardConfig
 from schemas.records import canonical_json
 from simulators.episode import EpisodeConfig
 from simulators.llm.base import Sampling
@@ -120,9 +121,14 @@ class RunConfig(BaseModel):
         "so this is also what can keep each model's max_in_flight requests busy.",
     )
     control: ControlConfig = ControlConfig()
+    reward: RewardConfig = Field(
+        default_factory=RewardConfig,
+        description="Weights of a rollout's outcome and process reward (`agentmill rollout`, "
+        "`serve-env`, verl); the mill's own data does not depend on them.",
+    )
 
     def fingerprint(self) -> str:
-        body = self.model_dump(mode="json", exclude={"out", "control"})
+        body = self.model_dump(mode="json", exclude={"out", "control", "reward"})
         for role in ROLES:
             body["models"][role].pop("api_key", None)
         return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]
@@ -141,10 +147,18 @@ class ConfigError(ValueError):
     """A config file that cannot be used; names the file and the field."""
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """The config from `path` (YAML) with `overrides` (dotted keys) applied on top."""
+def load_config(
+    path: str | Path | None,
+    overrides: dict[str, Any] | None = None,
+    sources: dict[str, str] | None = None,
+) -> RunConfig:
+    """The config from `path` (YAML) with `overrides` (dotted keys) applied on top.
+
+    An invalid value is blamed on where it came from: `sources` names each override (e.g.
+    `{"episodes": "--episodes"}`), else the file, else the default.
+    """
     data: dict[str, Any] = {}
-    source = str(path) if path else "<defaults>"
+    source = str(path)
     if path:
         try:
             loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
@@ -153,9 +167,12 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{source}: a config must be a mapping, not {type(loaded).__name__}")
         data = loaded or {}
+    from_file = _dotted_keys(data)
+    applied: dict[str, str] = {}
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
+        applied[dotted] = (sources or {}).get(dotted, f"override {dotted}")
         target = data
         *parents, leaf = dotted.split(".")
         for key in parents:
@@ -164,7 +181,36 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"{source}: invalid config: {problems}") from exc
+        problems = []
+        for e in exc.errors():
+            where = ".".join(str(p) for p in e["loc"])
+            origin = _origin(where, applied, from_file, str(path) if path else None)
+            value = e.get("input")
+            shown = f" = {value!r}" if not isinstance(value, dict | list) else ""
+            problems.append(f"{where}{shown} (from {origin}): {e['msg']}")
+        prefix = f"{path}: " if path else ""
+        raise ConfigError(f"{prefix}invalid config: " + "; ".join(problems)) from exc
+
+
+def _dotted_keys(data: Any, prefix: str = "") -> set[str]:
+    """Every dotted key path a nested mapping sets (its inner nodes included)."""
+    keys: set[str] = set()
+    if isinstance(data, dict):
+        for key, value in data.items():
+            dotted = f"{prefix}{key}"
+            keys.add(dotted)
+            keys |= _dotted_keys(value, dotted + ".")
+    return keys
+
+
+def _origin(where: str, applied: dict[str, str], from_file: set[str], path: str | None) -> str:
+    """Where the value at dotted `where` came from: a flag, the config file, or the default."""
+    parts = where.split(".")
+    for end in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:end])
+        if prefix in applied:
+            return applied[prefix]
+    if path is not None and any(".".join(parts[:end]) in from_file
+                                for end in range(len(parts), 0, -1)):
+        return path
+    return "the default"

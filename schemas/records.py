@@ -414,13 +414,21 @@ class RLTask(Record):
     """A task ready for RL rollouts: the opening prompt, tools, rubric and initial world state."""
 
     id_prefix: ClassVar[str] = "rl"
-    id_skips_defaults: ClassVar[frozenset[str]] = frozenset({"expected_outcome", "workspace"})
+    id_skips_defaults: ClassVar[frozenset[str]] = frozenset(
+        {"expected_outcome", "user_knows", "user_withholds", "workspace"}
+    )
 
     task_id: str
     agent_id: str
     domain: str
     difficulty: Difficulty
     goal: str = Field(description="The user's goal, for the user simulator of a rollout.")
+    user_knows: list[str] = Field(
+        default_factory=list, description="What the rollout's simulated user may share."
+    )
+    user_withholds: list[str] = Field(
+        default_factory=list, description="What the rollout's simulated user shares when asked."
+    )
     prompt: list[Message]
     tools: list[JsonObject]
     rubric: Rubric

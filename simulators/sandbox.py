@@ -233,17 +233,22 @@ def _gate() -> asyncio.Semaphore:
     return gate
 
 
-async def _read_capped(stream: asyncio.StreamReader, sink: bytearray, budget: list[int]) -> bool:
-    """Read `stream` into `sink` while the shared budget lasts; False when it ran out."""
+async def _read_capped(
+    stream: asyncio.StreamReader, sink: bytearray, budget: list[int], over: asyncio.Event
+) -> None:
+    """Read `stream` to its end, keeping what the shared budget allows; set `over` past it.
+
+    It keeps reading (and dropping) after the budget runs out: a pipe nobody reads never
+    reaches its end, and asyncio waits for every pipe to close before a process counts as done.
+    """
     while True:
         chunk = await stream.read(65536)
         if not chunk:
-            return True
-        take = chunk[: max(budget[0], 0)]
-        sink += take
+            return
+        sink += chunk[: max(budget[0], 0)]
         budget[0] -= len(chunk)
         if budget[0] < 0:
-            return False
+            over.set()
 
 
 def _decode(data: bytes) -> str:
@@ -314,38 +319,32 @@ async def _run_process(
     )
     stdout, stderr = bytearray(), bytearray()
     budget = [limits.output_bytes]
+    over = asyncio.Event()
     assert process.stdout is not None and process.stderr is not None
-    readers = [
-        asyncio.ensure_future(_read_capped(process.stdout, stdout, budget)),
-        asyncio.ensure_future(_read_capped(process.stderr, stderr, budget)),
-    ]
+    readers = asyncio.gather(
+        _read_capped(process.stdout, stdout, budget, over),
+        _read_capped(process.stderr, stderr, budget, over),
+        process.wait(),
+    )
     status_task = asyncio.ensure_future(status_reader.read(1 << 24))
+    overflow = asyncio.ensure_future(over.wait())
     error: str | None = None
     try:
-        deadline = started + limits.wall_s
-        pending = set(readers)
-        while pending:
-            done, pending = await asyncio.wait(
-                pending, timeout=max(deadline - time.perf_counter(), 0),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            if not done:
-                error = "wall_timeout"
-                break
-            if any(task.result() is False for task in done):
-                error = "output_limit"
-                break
-        if error is None:
-            try:
-                await asyncio.wait_for(process.wait(), max(deadline - time.perf_counter(), 0.1))
-            except TimeoutError:
-                error = "wall_timeout"
+        done, _ = await asyncio.wait(
+            {readers, overflow}, timeout=limits.wall_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        if overflow in done:
+            error = "output_limit"
+        elif readers not in done:
+            error = "wall_timeout"
     finally:
+        overflow.cancel()
         if process.returncode is None:
             _kill(process)
-        await process.wait()
-        for task in readers:
-            task.cancel()
+        try:  # killed, the sandbox's pid namespace is gone and every pipe reaches its end
+            await asyncio.wait_for(asyncio.shield(readers), 30)
+        except TimeoutError:
+            readers.cancel()
         try:
             raw_status = await asyncio.wait_for(status_task, 5)
         except TimeoutError:

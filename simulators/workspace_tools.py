@@ -378,13 +378,13 @@ def answerer(simulator: ToolSimulator, spec: WorkspaceSpec | None) -> Any:
     return WorkspaceTools(simulator, spec)
 
 
-async def finish(answering: Any) -> None:
+async def finish_answerer(answering: Any) -> None:
     """End an episode's answerer: for a workspace, snapshot it and run the hidden tests."""
     if isinstance(answering, WorkspaceTools):
         await answering.finish()
 
 
-def close(answering: Any) -> None:
+def close_answerer(answering: Any) -> None:
     """Remove an episode's workspace, if it has one (also after a failed episode)."""
     if isinstance(answering, WorkspaceTools):
         answering.close()
