@@ -32,6 +32,7 @@ to running code unconfined.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno as errno_names
 import functools
 import importlib.util
@@ -428,8 +429,14 @@ def _name_error(
 
 
 def run_sync(workspace: Path, **kwargs: Any) -> RunResult:
-    """`run` for callers without an event loop (checks, benchmarks, the code task gate)."""
-    return asyncio.run(run(workspace, **kwargs))
+    """`run` from synchronous code (checks, benchmarks, the code task gate); inside a running
+    event loop it runs on a thread of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(run(workspace, **kwargs))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run(workspace, **kwargs)).result()
 
 
 @functools.cache

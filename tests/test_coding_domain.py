@@ -1,0 +1,110 @@
+"""The coding domain: every task's hidden tests fail on its initial files and pass on its
+reference solution, in the sandbox; an episode that fixes the code earns the reward."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from filters.reward import score_trajectory
+from simulators.episode import EpisodeConfig, RoleClients, run_episode
+from simulators.persona import make_persona
+from simulators.workspace import Workspace
+from simulators.workspace_tools import run_hidden_tests
+from tests.helpers import agent_calls, agent_reply, role_model
+from toolspecs.domain import load_domain
+
+CODING = Path(__file__).resolve().parents[1] / "data" / "domains" / "coding"
+
+
+def solution_files(task_index: int) -> dict[str, str]:
+    entry = json.loads((CODING / "tasks.json").read_text())[task_index]
+    folder = CODING / entry["workspace"] / "solution"
+    return {p.relative_to(folder).as_posix(): p.read_text() for p in folder.rglob("*.py")}
+
+
+def test_the_domain_loads_twenty_tasks_with_files_and_hidden_tests() -> None:
+    domain = load_domain(CODING)
+    assert domain.failures == []
+    assert len(domain.tasks) >= 20
+    names = {tool.name for tool in domain.tools}
+    assert {"read_file", "write_file", "run_tests", "run_python", "get_issue"} <= names
+    for task in domain.tasks:
+        assert task.workspace is not None and task.workspace.hidden_tests
+        assert any(path.startswith("tests/") for path in task.workspace.files)
+        # The hidden tests never reach the agent's files.
+        assert not set(task.workspace.hidden_tests) & set(task.workspace.files)
+
+
+def test_hidden_tests_fail_on_the_initial_files_and_pass_on_the_solution() -> None:
+    domain = load_domain(CODING)
+
+    async def score(files: dict[str, str], hidden: dict[str, str]) -> tuple[int, int]:
+        with Workspace(files) as workspace:
+            result = await run_hidden_tests(workspace, hidden)
+        return result["passed"], result["total"]
+
+    async def all_tasks() -> list[tuple[tuple[int, int], tuple[int, int]]]:
+        jobs = []
+        for index, task in enumerate(domain.tasks):
+            assert task.workspace is not None
+            solved = {**task.workspace.files, **solution_files(index)}
+            jobs.append(asyncio.gather(
+                score(task.workspace.files, task.workspace.hidden_tests),
+                score(solved, task.workspace.hidden_tests),
+            ))
+        return await asyncio.gather(*jobs)
+
+    for index, (before, after) in enumerate(asyncio.run(all_tasks())):
+        name = json.loads((CODING / "tasks.json").read_text())[index]["workspace"]
+        assert before[0] < before[1], f"{name}: the initial files already pass {before}"
+        assert after[0] == after[1] > 0, f"{name}: the solution does not pass {after}"
+
+
+def play(task_index: int, agent_turns: list[str]):
+    domain = load_domain(CODING)
+    task = domain.tasks[task_index]
+    queue = list(agent_turns)
+
+    def user(request):
+        if "done" in request.schema["properties"]:
+            return {"message": "Thanks!", "done": True}
+        return {"message": "Please fix the failing ticket in my project."}
+
+    model = role_model({"agent": lambda r: queue.pop(0), "user": user})
+    trajectory = asyncio.run(run_episode(
+        task, domain.agent, make_persona("dev"), RoleClients(user=model, agent=model, tool=model),
+        EpisodeConfig(failure_rate=0.0, max_tool_rounds=4), 7,
+    ))
+    return trajectory, task
+
+
+def test_an_agent_that_fixes_the_code_earns_the_hidden_test_reward() -> None:
+    (path, fixed), = solution_files(0).items()  # fizzbuzz
+    trajectory, task = play(0, [
+        agent_calls(("read_file", {"path": path})),
+        agent_calls(("write_file", {"path": path, "content": fixed})),
+        agent_calls(("run_tests", {})),
+        agent_reply("Fixed: multiples of 15 are checked first; the tests pass.", final=True),
+    ])
+    answers = [json.loads(m.content or "{}") for m in trajectory.messages if m.role == "tool"]
+    assert "if n % 3 == 0" in answers[0]["content"]
+    assert answers[2]["passed"] == 1 and answers[2]["failed"] == 0
+    final = trajectory.final_state["workspace"]
+    assert final["files"][path]["content"] == fixed
+    assert final["hidden_tests"]["passed"] == final["hidden_tests"]["total"] == 4
+    reward = score_trajectory(trajectory, task)
+    assert reward.reward == 1.0, reward.reasons
+
+
+def test_an_agent_that_only_talks_gets_the_share_of_hidden_tests_the_bug_passes() -> None:
+    trajectory, task = play(0, [
+        agent_calls(("get_issue", {"issue_id": "ISSUE-101"})),
+        agent_reply("I looked at the ticket; it should be fine now.", final=True),
+    ])
+    issue = json.loads(trajectory.messages[3].content or "{}")
+    assert trajectory.messages[3].name == "get_issue" and "error" not in issue  # simulated
+    reward = score_trajectory(trajectory, task)
+    assert reward.reward is not None and 0 < reward.reward < 1  # 3 of 4 hidden tests pass
+    assert "test_fizzbuzz" in reward.reasons[0]
