@@ -108,3 +108,24 @@ def test_an_agent_that_only_talks_gets_the_share_of_hidden_tests_the_bug_passes(
     reward = score_trajectory(trajectory, task)
     assert reward.reward is not None and 0 < reward.reward < 1  # 3 of 4 hidden tests pass
     assert "test_fizzbuzz" in reward.reasons[0]
+
+
+def test_the_mill_runs_the_coding_and_office_domains_into_sft_and_rl_rows(tmp_path: Path) -> None:
+    from pipelines.parquet_io import read_rows
+    from pipelines.run import run
+    from tests.test_pipeline import scripted_config
+
+    for name, folder in (("coding", CODING), ("office", CODING.parent / "office")):
+        out = tmp_path / name
+        manifest = run(scripted_config(out, episodes=3, domain=str(folder)))
+        assert manifest["reconcile"]["ok"] and manifest["counts"]["rl"] == 3
+        for row in read_rows(out / "rl"):
+            workspace = json.loads(row["workspace"])
+            assert workspace["files"] and (workspace["hidden_tests"] or name == "office")
+        trajectories = read_rows(out / "trajectories")
+        assert trajectories, manifest["counts"]
+        for row in trajectories:
+            final = json.loads(row["final_state"])["workspace"]
+            assert "reports/q3_sales.csv" in final["files"] or final["hidden_tests"]["total"] > 0
+        judged = read_rows(out / "sft") + read_rows(out / "rejected")
+        assert judged and all(r["reward"] is None or 0 <= r["reward"] <= 1 for r in judged)
