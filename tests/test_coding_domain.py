@@ -129,3 +129,31 @@ def test_the_mill_runs_the_coding_and_office_domains_into_sft_and_rl_rows(tmp_pa
             assert "reports/q3_sales.csv" in final["files"] or final["hidden_tests"]["total"] > 0
         judged = read_rows(out / "sft") + read_rows(out / "rejected")
         assert judged and all(r["reward"] is None or 0 <= r["reward"] <= 1 for r in judged)
+
+
+def test_an_rl_row_with_a_workspace_plays_in_the_environment_with_its_reward() -> None:
+    from filters.reward import episode_scorer
+    from pipelines.stages import rl_task
+    from simulators.environment import Environment
+
+    domain = load_domain(CODING)
+    row = rl_task((domain.tasks[0], domain.agent))
+    assert row.workspace is not None and row.workspace.hidden_tests
+    (path, fixed), = solution_files(0).items()
+    model = role_model({"user": lambda r: {"message": "Done, thanks.", "done": True}
+                        if "done" in r.schema["properties"] else {"message": "Fix ISSUE-101."}})
+
+    async def play() -> tuple[float | None, dict]:
+        env = Environment.from_rl(row, model, model, EpisodeConfig(failure_rate=0.0),
+                                  scorer=episode_scorer())
+        await env.reset(5)
+        call = {"id": "c1", "type": "function",
+                "function": {"name": "write_file", "arguments": {"path": path, "content": fixed}}}
+        step = await env.step({"role": "assistant", "tool_calls": [call]})
+        assert json.loads(step.messages[0].content or "{}")["path"] == path
+        end = await env.step({"role": "assistant", "content": "Fixed it."}, final=True)
+        assert end.done and env.trajectory is not None
+        return end.reward_parts.get("outcome"), env.trajectory.final_state["workspace"]
+
+    outcome, final = asyncio.run(play())
+    assert outcome == 1.0 and final["hidden_tests"]["passed"] == 4
