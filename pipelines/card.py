@@ -88,7 +88,7 @@ def _scores(passed: list[float], rejected: list[float], threshold: float | None)
         bins = [i / 10 for i in range(11)]
         axes.hist(
             [passed, rejected], bins=bins, stacked=True, color=[COLOR, REJECTED_COLOR],
-            label=["passed", "rejected"],
+            label=["passed", "rejected by the judge"],
         )
         if threshold is not None:
             axes.axvline(threshold, color="black", linestyle="--", linewidth=1, label="threshold")
@@ -220,7 +220,8 @@ def write_card(out: Any, manifest: dict[str, Any]) -> Any:
         "the reason) in `rejected/`, and whatever could not be processed in `failures/`.",
         f"- config fingerprint: `{stats['fingerprint']}` (agentmill {stats['agentmill_version']})"
         f"\n- made: {stats['started_at']} to {stats['finished_at']} ({stats['wall_seconds']} s)"
-        f"\n- judge pass rate: {pct(judge['pass_rate'])} of {judge['judged']} judged"
+        f"\n- judge pass rate: {pct(judge['pass_rate'])} of {judge['judged']} judged; "
+        f"{judge['rejected_by_checks']} rejected by the deterministic checks before the judge"
         f"\n- counts reconcile (tasks = sft + rejected + failures): {stats['reconcile_ok']}",
         "## Contents",
         _table(
@@ -233,6 +234,7 @@ def write_card(out: Any, manifest: dict[str, Any]) -> Any:
         _table(
             ["statistic", "value"],
             [
+                ["rejected by checks (never judged)", judge["rejected_by_checks"]],
                 ["judged", judge["judged"]],
                 ["passed", judge["passed"]],
                 ["pass rate", pct(judge["pass_rate"])],

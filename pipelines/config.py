@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from filters.reward import RewardConfig
 from schemas.records import canonical_json
 from simulators.episode import EpisodeConfig
 from simulators.llm.base import Sampling
@@ -120,9 +121,14 @@ class RunConfig(BaseModel):
         "so this is also what can keep each model's max_in_flight requests busy.",
     )
     control: ControlConfig = ControlConfig()
+    reward: RewardConfig = Field(
+        default_factory=RewardConfig,
+        description="Weights of a rollout's outcome and process reward (`agentmill rollout`, "
+        "`serve-env`, verl); the mill's own data does not depend on them.",
+    )
 
     def fingerprint(self) -> str:
-        body = self.model_dump(mode="json", exclude={"out", "control"})
+        body = self.model_dump(mode="json", exclude={"out", "control", "reward"})
         for role in ROLES:
             body["models"][role].pop("api_key", None)
         return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]

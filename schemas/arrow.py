@@ -198,7 +198,8 @@ def rejected_row(rejected: RejectedTrajectory) -> dict[str, Any]:
     judgement = rejected.judgement
     return {
         **to_row(rejected.trajectory),
-        "judge_score": judgement.score,
+        # Rejected by the deterministic checks: no judge saw it, so it has no judge score.
+        "judge_score": None if judgement.failed_checks else judgement.score,
         "reward": judgement.reward,
         "failed_checks": list(judgement.failed_checks),
         "judgement": judgement.model_dump_json(),
