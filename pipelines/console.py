@@ -70,6 +70,7 @@ def run_console(log_path: Path | None, verbose: bool) -> Iterator[TextIO | None]
     duration; yields the open log file (or None)."""
     from pipelines.progress import BOARD
 
+    saved_env = {key: os.environ.get(key) for key in QUIET_ENV}
     if not verbose:
         for key, value in QUIET_ENV.items():
             os.environ.setdefault(key, value)
@@ -102,6 +103,11 @@ def run_console(log_path: Path | None, verbose: bool) -> Iterator[TextIO | None]
         logging.captureWarnings(False)
         if log is not None:
             log.close()
+        for key, value in saved_env.items():  # a test process runs many CLIs in turn
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _terminal() -> TextIO:
