@@ -60,6 +60,14 @@ def run(
             help="Run tools whose spec names an entrypoint as real Python (trusted specs only).",
         ),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Let the run replace its own entries (sft/, tasks/, manifest.json...) in a "
+            "non-empty folder that is not an agentmill run; nothing else there is touched.",
+        ),
+    ] = False,
 ) -> None:
     """Run the mill end to end and write the output folder (sft/, rl/, manifest.json...).
 
@@ -98,11 +106,15 @@ def run(
 
     from pipelines.batching import RunStopped
     from pipelines.dataflow import pipeline_from_args
+    from pipelines.outdir import OutputError
     from pipelines.run import run as run_mill
 
     beam_args = [a for a in ctx.args if a != "--"]
     try:
-        manifest = run_mill(cfg, pipeline_from_args(beam_args) if beam_args else None)
+        manifest = run_mill(cfg, pipeline_from_args(beam_args) if beam_args else None, force=force)
+    except OutputError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from exc
     except RunStopped as exc:
         err.print(f"[yellow]{escape(str(exc))}[/yellow]", soft_wrap=True)
         raise typer.Exit(exc.exit_code) from exc

@@ -208,21 +208,42 @@ class LoadDomain(beam.PTransform):
         )
 
 
+DUPLICATES = "duplicates"
+
+
 def join_tasks_with_agents(tasks: Any, agents: Any, label: str) -> Any:
-    """(Task, AgentSpec) pairs, joined on the agent id (a shuffle, so it scales out)."""
+    """(Task, AgentSpec) pairs, joined on the agent id (a shuffle, so it scales out).
+
+    Identical tasks are one task: a task's id is its content's hash (agent included), so two
+    copies would play the same episode under the same seed and every later stage, keyed by
+    task id, would hold one of them. The first copy is paired; every other copy is a
+    `DuplicateTask` Failure, tagged `duplicates`, so it is counted, never silently lost.
+    """
     keyed_agents = agents | f"{label}KeyAgents" >> beam.Map(lambda a: (a.id, a))
     keyed_tasks = tasks | f"{label}KeyTasks" >> beam.Map(lambda t: (t.agent_id, t))
 
-    def pairs(element: tuple[str, dict[str, list[Any]]]) -> Iterator[tuple[Task, AgentSpec]]:
+    def pairs(element: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
         _, grouped = element
         for agent in grouped["agent"][:1]:
+            seen: set[str] = set()
             for task in grouped["tasks"]:
-                yield task, agent
+                if task.id not in seen:
+                    seen.add(task.id)
+                    yield task, agent
+                    continue
+                yield beam.pvalue.TaggedOutput(DUPLICATES, Failure(
+                    stage="tasks",
+                    input_id=task.id,
+                    error_type="DuplicateTask",
+                    error=f"task {task.id} of agent {agent.id} is identical to another of its "
+                    "tasks (same goal, rubric, facts); one copy is played",
+                    source=task.goal[:200],
+                ))
 
     return (
         {"agent": keyed_agents, "tasks": keyed_tasks}
         | f"{label}Join" >> beam.CoGroupByKey()
-        | f"{label}Pairs" >> beam.FlatMap(pairs)
+        | f"{label}Pairs" >> beam.FlatMap(pairs).with_outputs(DUPLICATES, main="pairs")
     )
 
 
