@@ -68,12 +68,12 @@ def phase(
     """Episodes `in_flight` at a time until the budget ends; tokens/s over the measured part."""
     from pipelines import runtime
     from pipelines.stages import stable_seed
-    from simulators.episode import EpisodeConfig, RoleModels, run_episode
+    from simulators.episode import EpisodeConfig, RoleClients, run_episode
     from simulators.persona import make_persona
 
     log: list[tuple[float, int, int]] = []
     counting(model, log)
-    models = RoleModels(user=model, agent=model, tool=model)
+    models = RoleClients(user=model, agent=model, tool=model)
     config = EpisodeConfig()
     window = runtime.Window(in_flight)
     started = time.monotonic()

@@ -27,7 +27,13 @@ Failure codes:
 - `invented_fact`: a user message states an id, number (three digits or more) or email that
   appears nowhere in the task nor earlier in the conversation: the user made it up.
 
-The last two need the task (`run_checks(..., task=task)`) and are skipped without it.
+- `answer_contradicts_call`: a tool answer holds records outside the call's own filters,
+  ranges, enums or limit (`simulators.constraints` reads them off the argument names).
+- `inconsistent_repeat`: the same call made twice in a row is answered differently, and no
+  failure was injected on purpose (a second identical create's 409 conflict is consistent).
+
+`leaked_withheld` and `invented_fact` need the task (`run_checks(..., task=task)`) and are
+skipped without it.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from jsonschema.validators import validator_for
 
 from schemas.records import Task, ToolCall, ToolSpec, Trajectory, canonical_json
 from simulators import safe_schema
+from simulators.constraints import contradictions
 from simulators.disclosure import invented_tokens, unprompted_leaks
 
 DEFAULT_REPEAT_THRESHOLD = 3
@@ -84,6 +91,10 @@ def _calls(trajectory: Trajectory) -> Iterable[tuple[int, ToolCall]]:
         if message.role == "assistant":
             for call in message.tool_calls or []:
                 yield index, call
+
+
+tool_calls = _calls
+"""Public name of `_calls`, for the process reward (`filters.reward`), which shares these checks."""
 
 
 def _short(text: str, limit: int = 80) -> str:
@@ -182,15 +193,18 @@ def no_empty_turns(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
     ]
 
 
+def call_key(call: ToolCall) -> tuple[str, str]:
+    """What makes two calls identical: the tool and its arguments (JSON compared canonically)."""
+    try:
+        arguments = canonical_json(json.loads(call.function.arguments))
+    except json.JSONDecodeError:
+        arguments = call.function.arguments
+    return call.function.name, arguments
+
+
 def no_call_loops(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
     """No tool is called with the same arguments `repeat_threshold` times: the agent is stuck."""
-    counts: Counter[tuple[str, str]] = Counter()
-    for _, call in _calls(trajectory):
-        try:
-            arguments = canonical_json(json.loads(call.function.arguments))
-        except json.JSONDecodeError:
-            arguments = call.function.arguments
-        counts[(call.function.name, arguments)] += 1
+    counts: Counter[tuple[str, str]] = Counter(call_key(c) for _, c in _calls(trajectory))
     return [
         f"repeated_call: {name!r} called {count} times with {_short(arguments)}"
         for (name, arguments), count in counts.items()
@@ -260,6 +274,89 @@ def no_invented_facts(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
     return failures
 
 
+def _answers(trajectory: Trajectory) -> dict[str, str]:
+    """Each call id's tool answer (the first one)."""
+    answers: dict[str, str] = {}
+    for message in trajectory.messages:
+        if message.role == "tool" and message.tool_call_id:
+            answers.setdefault(message.tool_call_id, message.content or "")
+    return answers
+
+
+def _json_answer(content: str) -> Any:
+    """A tool answer as JSON, or None when it is not JSON or is an API error body."""
+    try:
+        value = json.loads(content)
+    except (json.JSONDecodeError, TypeError):
+        return None
+    return None if isinstance(value, dict) and "error" in value else value
+
+
+def answers_obey_calls(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
+    """No tool answer contradicts its own call: records outside the call's filters, ranges,
+    enums or limit (`simulators.constraints`) teach that filters do not work."""
+    answers = _answers(trajectory)
+    failures = []
+    for _, call in _calls(trajectory):
+        tool = ctx.tools.get(call.function.name)
+        result = _json_answer(answers.get(call.id, ""))
+        if tool is None or result is None:
+            continue
+        try:
+            arguments = json.loads(call.function.arguments)
+        except json.JSONDecodeError:
+            continue  # reported by arguments_valid
+        if not isinstance(arguments, dict):
+            continue
+        problems = contradictions(arguments, tool.parameters, result)
+        if problems:
+            failures.append(
+                f"answer_contradicts_call: {call.id} ({call.function.name}) {_short(problems[0])}"
+            )
+    return failures
+
+
+def consistent_repeats(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
+    """The same call made twice in a row answers the same, unless a failure was injected on
+    purpose (and recorded) or the second is a create's 409 conflict: one record cannot be
+    enrolled, then not found, with nothing in between."""
+    injected = {fault.tool_call_id for fault in trajectory.injected_faults}
+    answers = _answers(trajectory)
+    failures = []
+    previous: tuple[str, str, str] | None = None  # (name, arguments, answer) of the last call
+    for _, call in _calls(trajectory):
+        try:
+            arguments = canonical_json(json.loads(call.function.arguments))
+        except json.JSONDecodeError:
+            arguments = call.function.arguments
+        answer = answers.get(call.id, "")
+        if call.id in injected:
+            previous = None
+            continue
+        current = (call.function.name, arguments, answer)
+        if (
+            previous is not None
+            and previous[:2] == current[:2]
+            and previous[2] != answer
+            and not _conflict(answer)
+        ):
+            failures.append(
+                f"inconsistent_repeat: {call.id} repeats the call before it "
+                f"({call.function.name}) and is answered differently"
+            )
+        previous = current
+    return failures
+
+
+def _conflict(content: str) -> bool:
+    try:
+        value = json.loads(content)
+    except (json.JSONDecodeError, TypeError):
+        return False
+    error = value.get("error") if isinstance(value, dict) else None
+    return isinstance(error, dict) and error.get("code") == 409
+
+
 CHECKS: list[Check] = [
     proper_opening,
     tools_known,
@@ -270,6 +367,8 @@ CHECKS: list[Check] = [
     within_turn_limit,
     no_unprompted_leaks,
     no_invented_facts,
+    answers_obey_calls,
+    consistent_repeats,
 ]
 """The checks `run_checks` runs by default, in order; append to add one."""
 

@@ -1,9 +1,10 @@
 """The rubric judge: a model scores a trajectory against its task's success criteria.
 
 The judge answers through a response schema (one `{score, reason}` object per criterion), so even
-a small model yields a parseable verdict; answers that still fail to parse or validate are retried
-with another seed, and after `max_attempts` the caller gets a `JudgeError` with the raw output to
-record as a `Failure`.
+a small model yields a parseable verdict; answers that still fail to parse or validate, or leave a
+criterion without a reason, are retried with another seed through the one retry loop every role
+uses (`simulators.ask`), and after `max_attempts` the caller gets a `JudgeError` with the raw
+output to record as a `Failure`.
 
 Verdict: each criterion is scored 0 (not met), 1 (partly met) or 2 (fully met), mapped to 0, 0.5
 and 1. `Judgement.score` is their mean. A trajectory passes when `score >= pass_threshold` and no
@@ -13,23 +14,21 @@ criterion scored 0: a high mean must not hide one criterion the agent ignored en
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
-
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
 
 from schemas.records import (
     CriterionScore,
     Judgement,
     Message,
     Task,
+    TokenCount,
     Trajectory,
     canonical_json,
     content_id,
 )
-from simulators.llm.base import ChatModel, ModelOutputError, Sampling
+from simulators.ask import RoleOutputError, Usage, ask, merge_usage
+from simulators.llm.base import ChatModel, Completion, ModelOutputError, Sampling
 
 MAX_TRANSCRIPT_CHARS = 6000
 """Transcript budget: enough for a typical episode, small enough for a 4k-token context."""
@@ -71,8 +70,7 @@ class JudgeError(ModelOutputError):
 class JudgeResult:
     """A verdict and what it cost, so the caller can count judge tokens for the manifest.
 
-    Token counts cover every attempt whose completion came back; attempts whose output the backend
-    rejected (raising `ModelOutputError`) count as requests only, since their usage is not reported.
+    Token counts cover every attempt, also those whose answer was unusable: the engine spent them.
     """
 
     judgement: Judgement
@@ -93,7 +91,7 @@ def response_schema(n_criteria: int) -> dict[str, Any]:
     item = {
         "type": "object",
         "properties": {
-            "reason": {"type": "string"},
+            "reason": {"type": "string", "minLength": 1},
             "score": {"type": "integer", "enum": [0, 1, 2]},
         },
         "required": ["score", "reason"],
@@ -201,11 +199,14 @@ def _base_seed(trajectory: Trajectory, sampling: Sampling | None) -> int:
     return int(content_id("s", trajectory.id)[2:10], 16)
 
 
-def _attempt_sampling(sampling: Sampling, seed: int, attempt: int) -> Sampling:
-    update: dict[str, Any] = {"seed": seed + attempt}
-    if attempt > 0 and sampling.temperature < RETRY_MIN_TEMPERATURE:
-        update["temperature"] = RETRY_MIN_TEMPERATURE
-    return sampling.model_copy(update=update)
+def reasons_given(completion: Completion) -> str | None:
+    """A verdict must say why for every criterion: a score without a reason is retried."""
+    answer = completion.parsed if isinstance(completion.parsed, dict) else {}
+    missing = [
+        key for key, item in sorted(answer.items())
+        if not any(ch.isalpha() for ch in str(item.get("reason", "")))
+    ]
+    return f"no reason given for {', '.join(missing)}" if missing else None
 
 
 async def judge(
@@ -215,61 +216,43 @@ async def judge(
     sampling: Sampling | None = None,
     pass_threshold: float = 0.5,
     max_attempts: int = 3,
+    usage: Usage | None = None,
 ) -> JudgeResult:
     """Score `trajectory` against `task.rubric` with `model`; see the module doc for the verdict.
 
-    Raises `JudgeError` when no attempt gives an answer valid against the response schema;
-    `ModelError` (transport) propagates, since backends retry those themselves.
+    The request goes through `simulators.ask.ask`, the retry loop every role shares; the tokens
+    of every attempt are added to `usage["judge"]` (when given) whether or not a verdict comes
+    back. Raises `JudgeError` when no attempt gives an answer valid against the response schema
+    with a reason per criterion; `ModelError` (transport) propagates, since backends retry
+    those themselves.
     """
     criteria = task.rubric.success_criteria
-    schema = response_schema(len(criteria))
-    validator = Draft202012Validator(schema)
-    messages = judge_messages(trajectory, task)
     base = sampling or Sampling(temperature=0.0, max_tokens=64 * len(criteria) + 32)
-    seed = _base_seed(trajectory, sampling)
-    prompt_tokens = completion_tokens = requests = retries = 0
-    wait_s = 0.0
-    raw, problem = "", "no attempt made"
-    for attempt in range(max(1, max_attempts)):
-        requests += 1
-        started = time.perf_counter()
-        try:
-            completion = await model.complete(
-                messages,
-                response_schema=schema,
-                sampling=_attempt_sampling(base, seed, attempt),
-            )
-        except ModelOutputError as exc:
-            wait_s += time.perf_counter() - started
-            raw, problem = exc.raw_output, str(exc)
-            continue
-        wait_s += time.perf_counter() - started
-        prompt_tokens += completion.prompt_tokens
-        completion_tokens += completion.completion_tokens
-        retries += completion.retries
-        raw = completion.text
-        answer = completion.parsed
-        if answer is None:
-            try:
-                answer = json.loads(completion.text)
-            except json.JSONDecodeError as exc:
-                problem = f"answer is not JSON: {exc}"
-                continue
-        error = best_match(validator.iter_errors(answer))
-        if error is not None:
-            problem = f"answer breaks the schema at '{error.json_path}': {error.message}"
-            continue
-        judgement = _verdict(trajectory, criteria, answer, model.name, pass_threshold)
-        return JudgeResult(
-            judgement, prompt_tokens, completion_tokens, requests, retries, round(wait_s, 4)
+    seeded = base.model_copy(update={"seed": _base_seed(trajectory, sampling)})
+    own: Usage = {}
+    try:
+        completion = await ask(
+            model, "judge", own, judge_messages(trajectory, task), seeded,
+            schema=response_schema(len(criteria)), attempts=max_attempts,
+            check=reasons_given, retry_temperature=RETRY_MIN_TEMPERATURE,
         )
-    raise JudgeError(
-        f"{model.name}: no valid verdict for {trajectory.id} in {requests} attempts; "
-        f"last: {problem}",
-        raw,
-        attempts=requests,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
+    except RoleOutputError as exc:
+        spent = own.get("judge", TokenCount())
+        raise JudgeError(
+            f"{model.name}: no valid verdict for {trajectory.id} in {spent.requests} attempts; "
+            f"last: {exc}",
+            exc.raw_output,
+            attempts=spent.requests,
+            prompt_tokens=spent.prompt,
+            completion_tokens=spent.completion,
+        ) from exc
+    finally:
+        if usage is not None:
+            merge_usage(usage, own)
+    spent = own["judge"]
+    judgement = _verdict(trajectory, criteria, completion.parsed, model.name, pass_threshold)
+    return JudgeResult(
+        judgement, spent.prompt, spent.completion, spent.requests, spent.retries, spent.wait_s
     )
 
 

@@ -12,16 +12,28 @@ world with the task's `expected_outcome.state` applied; the episode gets reward 
 and 0 otherwise, with reasons. A task without an expected outcome has no reward (None). The
 rubric judge's verdict is a separate opinion; both are recorded on the `Judgement`, and neither
 overrides the other.
+
+Rollouts (`simulators.environment`) add a process reward, as Kimi K2 rewarded "the efficiency
+and logic of its process": repeated calls, schema-invalid arguments, unknown tools, calls beyond
+the expected chain, writes in a task to decline, giving up after a transient failure. Each part
+is named in the result and weighted by `RewardConfig`; the first two are found by the same
+deterministic checks that keep bad trajectories out of SFT data.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.records import Judgement, Outcome, Task, Trajectory, canonical_json
+from pydantic import BaseModel, ConfigDict, Field
+
+from filters.checks import CheckContext, arguments_valid, call_key, tool_calls, tools_known
+from schemas.records import Judgement, Outcome, Task, ToolSpec, Trajectory, canonical_json
+from simulators.environment import Score, Scorer
 from simulators.world import leaves, set_path
 
 MAX_REASONS = 8
@@ -99,3 +111,159 @@ def with_reward(judgement: Judgement, reward: Reward) -> Judgement:
     body = judgement.model_dump(exclude={"id"})
     body.update(reward=reward.reward, reward_reasons=reward.reasons)
     return Judgement.model_validate(body)
+
+
+# The process reward ------------------------------------------------------------------------------
+
+PROCESS_PARTS = (
+    "repeated_calls",
+    "invalid_arguments",
+    "unknown_tools",
+    "extra_calls",
+    "decline_writes",
+    "gave_up_after_fault",
+)
+TRANSIENT_FAULTS = ("rate_limited", "timeout")
+
+
+class RewardConfig(BaseModel):
+    """How a rollout's reward is made: the outcome (0 or 1) and the process (how the agent
+    worked), `total = (1 - process_share) * outcome + process_share * process`.
+
+    The process score starts at 1 and loses `weight * count` for each named part (floored at 0);
+    a task without an expected outcome is rewarded by its process alone.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    process_share: float = Field(default=0.2, ge=0.0, le=1.0)
+    repeated_calls: float = Field(
+        default=0.25, ge=0.0,
+        description="Per call identical to an earlier call that was answered without an error.",
+    )
+    invalid_arguments: float = Field(
+        default=0.25, ge=0.0, description="Per call whose arguments break the tool's schema."
+    )
+    unknown_tools: float = Field(
+        default=0.25, ge=0.0, description="Per call to a tool that was not offered."
+    )
+    extra_calls: float = Field(
+        default=0.1, ge=0.0,
+        description="Per call beyond the task's expected chain length (retries after an "
+        "injected failure excepted); tasks that name no expected tools are not counted.",
+    )
+    decline_writes: float = Field(
+        default=1.0, ge=0.0, description="Per call to a write tool in a `decline` task."
+    )
+    gave_up_after_fault: float = Field(
+        default=0.5, ge=0.0,
+        description="Per injected transient failure (rate limit, timeout) never retried.",
+    )
+
+
+@dataclass
+class ProcessScore:
+    """The process score, each part's count and penalty, and why."""
+
+    score: float
+    counts: dict[str, int]
+    penalties: dict[str, float]
+    reasons: list[str]
+
+
+def _is_error(content: str | None) -> bool:
+    try:
+        body = json.loads(content or "")
+    except json.JSONDecodeError:
+        return False
+    return isinstance(body, dict) and "error" in body
+
+
+def process_counts(
+    trajectory: Trajectory, task: Task, tools: Mapping[str, ToolSpec]
+) -> tuple[dict[str, int], list[str]]:
+    """How often the agent did each thing `PROCESS_PARTS` names, and one reason per finding.
+
+    Unknown tools and invalid arguments are counted by the deterministic checks themselves
+    (`filters.checks`), so a trajectory the checks reject loses process points for the same
+    findings."""
+    ctx = CheckContext(tools=tools, max_turns=len(trajectory.messages) + 1, task=task)
+    unknown = tools_known(trajectory, ctx)
+    invalid = arguments_valid(trajectory, ctx)
+    answers = {m.tool_call_id: m.content for m in trajectory.messages if m.role == "tool"}
+    faulted = {f.tool_call_id: f for f in trajectory.injected_faults}
+    calls = [call for _, call in tool_calls(trajectory)]
+    reasons = [*unknown, *invalid]
+    succeeded: set[tuple[str, str]] = set()
+    repeated = 0
+    for call in calls:
+        key = call_key(call)
+        if key in succeeded:
+            repeated += 1
+            reasons.append(f"repeated_calls: {call.id} repeats {call.function.name} "
+                           "with the same arguments after it succeeded")
+        if call.id not in faulted and not _is_error(answers.get(call.id)):
+            succeeded.add(key)
+    known = [c for c in calls if c.function.name in tools]
+    extra = 0
+    if task.rubric.expected_tools and task.difficulty != "decline":
+        counted = [c for c in known if c.id not in faulted]
+        extra = max(0, len(counted) - len(task.rubric.expected_tools))
+        if extra:
+            reasons.append(f"extra_calls: {len(counted)} calls, the task expects "
+                           f"{len(task.rubric.expected_tools)}")
+    writes = 0
+    if task.difficulty == "decline":
+        writes = sum(1 for c in known if tools[c.function.name].side_effect == "write")
+        if writes:
+            reasons.append(f"decline_writes: {writes} write calls in a task to decline")
+    gave_up = 0
+    for index, call in enumerate(calls):
+        fault = faulted.get(call.id)
+        if fault is not None and fault.kind in TRANSIENT_FAULTS:
+            if not any(later.function.name == call.function.name for later in calls[index + 1:]):
+                gave_up += 1
+                reasons.append(f"gave_up_after_fault: {call.id} to {call.function.name} hit an "
+                               f"injected {fault.kind} and was never retried")
+    counts = {
+        "repeated_calls": repeated,
+        "invalid_arguments": len(invalid),
+        "unknown_tools": len(unknown),
+        "extra_calls": extra,
+        "decline_writes": writes,
+        "gave_up_after_fault": gave_up,
+    }
+    return counts, reasons
+
+
+def process_score(
+    trajectory: Trajectory, task: Task, tools: Mapping[str, ToolSpec], config: RewardConfig
+) -> ProcessScore:
+    counts, reasons = process_counts(trajectory, task, tools)
+    penalties = {part: round(getattr(config, part) * counts[part], 6) for part in PROCESS_PARTS}
+    score = max(0.0, 1.0 - sum(penalties.values()))
+    return ProcessScore(round(score, 6), counts, penalties, reasons[:MAX_REASONS])
+
+
+def episode_scorer(config: RewardConfig | None = None) -> Scorer:
+    """The environment's scorer: outcome (`score_trajectory`) plus process, every part named.
+
+    `parts` holds `outcome` (absent when the task has none), `process`, and each process part
+    as its (negative) penalty, so a trainer can log them apart."""
+    config = config or RewardConfig()
+
+    def score(trajectory: Trajectory, task: Task, tools: list[ToolSpec]) -> Score:
+        outcome = score_trajectory(trajectory, task)
+        process = process_score(trajectory, task, {t.name: t for t in tools}, config)
+        parts: dict[str, float] = {"process": process.score}
+        parts.update({part: -p if p else 0.0 for part, p in process.penalties.items()})
+        if outcome.reward is None:
+            total = process.score
+        else:
+            parts["outcome"] = outcome.reward
+            share = config.process_share
+            total = (1.0 - share) * outcome.reward + share * process.score
+        reasons = [*outcome.reasons, *process.reasons]
+        return Score(total=round(total, 6), parts=parts, reasons=reasons)
+
+    return score

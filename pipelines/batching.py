@@ -15,6 +15,7 @@ writes what finished, and raises `RunStopped`.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import sys
 import threading
 import time
@@ -148,6 +149,21 @@ def count_tokens(usage: dict[str, TokenCount]) -> int:
             Metrics.counter("tokens", f"{role}.wait_us").inc(round(tokens.wait_s * 1e6))
         completion += tokens.completion
     return completion
+
+
+@contextlib.contextmanager
+def usage_kept(usage: dict[str, TokenCount]) -> Iterator[dict[str, TokenCount]]:
+    """Hand `usage` on with any error raised inside, so a failed element's tokens are counted.
+
+    A handler owns its usage record from the start; when it fails after some requests, the
+    tokens those requests spent still reach the manifest (`_emit` reads `error.usage`).
+    """
+    try:
+        yield usage
+    except Exception as exc:
+        if not getattr(exc, "usage", None):
+            exc.usage = usage  # type: ignore[attr-defined]
+        raise
 
 
 def _windowed(output: Any) -> Any:

@@ -88,7 +88,7 @@ def _scores(passed: list[float], rejected: list[float], threshold: float | None)
         bins = [i / 10 for i in range(11)]
         axes.hist(
             [passed, rejected], bins=bins, stacked=True, color=[COLOR, REJECTED_COLOR],
-            label=["passed", "rejected"],
+            label=["passed", "rejected by the judge"],
         )
         if threshold is not None:
             axes.axvline(threshold, color="black", linestyle="--", linewidth=1, label="threshold")
@@ -178,6 +178,23 @@ def _model_tokens(by_model: dict[str, dict[str, Any]]) -> str:
     )
 
 
+LOADABLE = ("sft", "rl", "rejected")
+"""The folders the loading snippet shows, when they hold rows."""
+
+
+def _loading_snippet(out: Any, counts: dict[str, int]) -> str:
+    """`load_dataset` lines for the folders that hold rows only: `datasets` has no config for an
+    empty folder (the front matter names non-empty ones), so a line for it would raise."""
+    names = [f for f in LOADABLE if counts.get(f)] or [f for f in DESCRIPTIONS if counts.get(f)]
+    if not names:
+        return "This run wrote no rows, so there is nothing to load.\n\n"
+    lines = [f"{f} = load_dataset('{out}', '{f}', split='train')" for f in names]
+    empty = [f"`{f}/`" for f in LOADABLE if not counts.get(f)]
+    note = f"{', '.join(empty)} hold no rows in this run, so they have no config.\n\n" \
+        if empty else ""
+    return "```python\nfrom datasets import load_dataset\n" + "\n".join(lines) + "\n```\n\n" + note
+
+
 def write_card(out: Any, manifest: dict[str, Any]) -> Any:
     """Write `out/README.md` (and `out/plots/*.png`) for the run whose manifest is given."""
     out = storage.run_path(out)
@@ -203,7 +220,8 @@ def write_card(out: Any, manifest: dict[str, Any]) -> Any:
         "the reason) in `rejected/`, and whatever could not be processed in `failures/`.",
         f"- config fingerprint: `{stats['fingerprint']}` (agentmill {stats['agentmill_version']})"
         f"\n- made: {stats['started_at']} to {stats['finished_at']} ({stats['wall_seconds']} s)"
-        f"\n- judge pass rate: {pct(judge['pass_rate'])} of {judge['judged']} judged"
+        f"\n- judge pass rate: {pct(judge['pass_rate'])} of {judge['judged']} judged; "
+        f"{judge['rejected_by_checks']} rejected by the deterministic checks before the judge"
         f"\n- counts reconcile (tasks = sft + rejected + failures): {stats['reconcile_ok']}",
         "## Contents",
         _table(
@@ -216,6 +234,7 @@ def write_card(out: Any, manifest: dict[str, Any]) -> Any:
         _table(
             ["statistic", "value"],
             [
+                ["rejected by checks (never judged)", judge["rejected_by_checks"]],
                 ["judged", judge["judged"]],
                 ["passed", judge["passed"]],
                 ["pass rate", pct(judge["pass_rate"])],
@@ -266,9 +285,8 @@ def write_card(out: Any, manifest: dict[str, Any]) -> Any:
         "## Loading",
         "Every folder is plain Parquet; `messages` is a list of OpenAI chat structs and `tools`, "
         "schemas, rubrics and world states are JSON text.\n\n"
-        "```python\nfrom datasets import load_dataset\n"
-        f"sft = load_dataset('{out}', 'sft', split='train')\n```\n\n"
-        f"`agentmill stats {out}` prints these numbers; `agentmill sample {out} -n 3` shows "
+        + _loading_snippet(out, counts)
+        + f"`agentmill stats {out}` prints these numbers; `agentmill sample {out} -n 3` shows "
         f"trajectories; `agentmill export {out} --format trl|sharegpt|hermes|verl --out DIR` "
         "writes trainer-ready shards.",
     ]

@@ -91,9 +91,9 @@ def run(
         if backend == "openai" and api_key:
             overrides[f"models.{role}.api_key"] = api_key
     try:
-        cfg = load_config(config, overrides)
+        cfg = load_config(config, overrides, sources=_flag_sources(overrides))
     except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
     if cfg.domain:
         from toolspecs.domain import DomainError, load_domain
@@ -103,6 +103,7 @@ def run(
         except DomainError as exc:
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
+    _preflight_or_exit(cfg)
 
     from pipelines.batching import RunStopped
     from pipelines.dataflow import pipeline_from_args
@@ -124,15 +125,65 @@ def run(
             "reused from the checkpoint: "
             + ", ".join(f"{n} {stage}" for stage, n in reused.items() if n)
         )
+    from pipelines.outcome import judge_outcome
+
     counts = manifest["counts"]
+    outcome = judge_outcome(manifest, cfg.out, dry_run=_is_dry_run(beam_args))
+    if outcome.reasons:
+        err.print("top failure reasons (all in failures/):")
+        for line in outcome.reasons:
+            err.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
+    verdict = "[green]done[/green]" if outcome.exit_code == 0 else "[red]failed[/red]"
     err.print(
-        f"[green]done[/green] in {manifest['timings']['wall_seconds']} s: "
+        f"{verdict} in {manifest['timings']['wall_seconds']} s: "
         f"{counts['sft']} sft, {counts['rejected']} rejected, {counts['failures']} failures, "
-        f"{counts['rl']} rl tasks -> {cfg.out}"
+        f"{counts['rl']} rl tasks -> {escape(str(cfg.out))}",
+        soft_wrap=True,
     )
+    for problem in outcome.problems:
+        err.print(f"[red]{escape(problem)}[/red]", soft_wrap=True)
     if not manifest["reconcile"]["ok"]:
         err.print(f"[red]counts do not reconcile:[/red] {manifest['reconcile']}")
         raise typer.Exit(1)
+    if outcome.exit_code:
+        raise typer.Exit(outcome.exit_code)
+
+
+def _is_dry_run(beam_args: list[str]) -> bool:
+    """A Dataflow dry run translates the job and runs nothing: no episode is not a failure."""
+    return any(a in ("--dry_run", "--dry_run=True", "--dry_run=true") for a in beam_args)
+
+
+FLAG_SOURCES = {
+    "out": "--out", "episodes": "--episodes", "seed": "--seed", "domain": "--domain",
+    "toolspecs": "--tool-specs", "episode.allow_entrypoints": "--allow-entrypoints",
+}
+
+
+def _flag_sources(overrides: dict[str, Any]) -> dict[str, str]:
+    """The flag behind each override key, so a bad value is blamed on the flag that set it."""
+    sources = dict(FLAG_SOURCES)
+    for key in overrides:
+        if key.endswith(".api_key"):
+            sources[key] = "the AGENTMILL_API_KEY / OPENAI_API_KEY environment variable"
+        elif key.startswith("models."):
+            sources[key] = "--" + key.rsplit(".", 1)[1].replace("_", "-")
+    return sources
+
+
+def _preflight_or_exit(cfg: Any) -> None:
+    """Stop before anything is written when the run cannot work (exit 2), naming why."""
+    from pipelines.preflight import preflight
+
+    found = preflight(cfg)
+    for warning in found.warnings:
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
+    if found.ok:
+        return
+    for problem in found.problems:
+        err.print(f"[red]✗[/red] {escape(problem)}", highlight=False, soft_wrap=True)
+    err.print("[red]error:[/red] the run cannot start; nothing was written")
+    raise typer.Exit(2)
 
 
 @app.command()
@@ -518,6 +569,15 @@ def synth_command(
     if not summary["reconcile"]["ok"]:
         err.print(f"[red]counts do not reconcile:[/red] {summary['reconcile']}")
         raise typer.Exit(1)
+
+
+def _register_rl_commands() -> None:
+    from pipelines.rl_cli import register
+
+    register(app)
+
+
+_register_rl_commands()
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from filters.reward import RewardConfig
 from schemas.records import canonical_json
 from simulators.episode import EpisodeConfig
 from simulators.llm.base import Sampling
@@ -135,9 +136,14 @@ class RunConfig(BaseModel):
         "so this is also what can keep each model's max_in_flight requests busy.",
     )
     control: ControlConfig = ControlConfig()
+    reward: RewardConfig = Field(
+        default_factory=RewardConfig,
+        description="Weights of a rollout's outcome and process reward (`agentmill rollout`, "
+        "`serve-env`, verl); the mill's own data does not depend on them.",
+    )
 
     def fingerprint(self) -> str:
-        body = self.model_dump(mode="json", exclude={"out", "control"})
+        body = self.model_dump(mode="json", exclude={"out", "control", "reward"})
         for role in ROLES:
             body["models"][role].pop("api_key", None)
         return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]
@@ -181,12 +187,20 @@ def _check_tree(data: Any, source: str) -> None:
             stack.extend((child, f"{where}[{i}]") for i, child in enumerate(value))
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """The config from `path` (YAML) with `overrides` (dotted keys) applied on top."""
+def load_config(
+    path: str | Path | None,
+    overrides: dict[str, Any] | None = None,
+    sources: dict[str, str] | None = None,
+) -> RunConfig:
+    """The config from `path` (YAML) with `overrides` (dotted keys) applied on top.
+
+    An invalid value is blamed on where it came from: `sources` names each override (e.g.
+    `{"episodes": "--episodes"}`), else the file, else the default.
+    """
     from toolspecs.load import MAX_FILE_BYTES, InputError, read_input
 
     data: dict[str, Any] = {}
-    source = str(path) if path else "<defaults>"
+    source = str(path)
     if path:
         try:
             loaded = yaml.safe_load(read_input(path, min(MAX_FILE_BYTES, 1 << 20)))
@@ -198,9 +212,12 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             raise ConfigError(f"{source}: a config must be a mapping, not {type(loaded).__name__}")
         _check_tree(loaded, source)
         data = loaded or {}
+    from_file = _dotted_keys(data)
+    applied: dict[str, str] = {}
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
+        applied[dotted] = (sources or {}).get(dotted, f"override {dotted}")
         target = data
         *parents, leaf = dotted.split(".")
         for depth, key in enumerate(parents):
@@ -208,14 +225,43 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             if not isinstance(target, dict):
                 where = ".".join(parents[: depth + 1])
                 raise ConfigError(
-                    f"{source}: {where} must be a mapping (to set {dotted} from the command "
-                    f"line), not {type(target).__name__} {str(target)[:40]!r}"
+                    f"{path}: {where} must be a mapping (to set {dotted} from "
+                    f"{applied[dotted]}), not {type(target).__name__} {str(target)[:40]!r}"
                 )
         target[leaf] = value
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"{source}: invalid config: {problems}") from exc
+        problems = []
+        for e in exc.errors():
+            where = ".".join(str(p) for p in e["loc"])
+            origin = _origin(where, applied, from_file, str(path) if path else None)
+            value = e.get("input")
+            shown = f" = {value!r}" if not isinstance(value, dict | list) else ""
+            problems.append(f"{where}{shown} (from {origin}): {e['msg']}")
+        prefix = f"{path}: " if path else ""
+        raise ConfigError(f"{prefix}invalid config: " + "; ".join(problems)) from exc
+
+
+def _dotted_keys(data: Any, prefix: str = "") -> set[str]:
+    """Every dotted key path a nested mapping sets (its inner nodes included)."""
+    keys: set[str] = set()
+    if isinstance(data, dict):
+        for key, value in data.items():
+            dotted = f"{prefix}{key}"
+            keys.add(dotted)
+            keys |= _dotted_keys(value, dotted + ".")
+    return keys
+
+
+def _origin(where: str, applied: dict[str, str], from_file: set[str], path: str | None) -> str:
+    """Where the value at dotted `where` came from: a flag, the config file, or the default."""
+    parts = where.split(".")
+    for end in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:end])
+        if prefix in applied:
+            return applied[prefix]
+    if path is not None and any(".".join(parts[:end]) in from_file
+                                for end in range(len(parts), 0, -1)):
+        return path
+    return "the default"

@@ -100,7 +100,8 @@ def build_manifest(
     models = {role: getattr(config.models, role).display_name() for role in ROLES}
     planned_agents = math.ceil(config.episodes / config.tasks_per_agent)
     episode_failures = sum(failure_stages.get(s, 0) for s in EPISODE_STAGES)
-    judged = counts["sft"] + counts["rejected"]
+    by_checks = sum(1 for checks in _column(out / "rejected", "failed_checks") if checks)
+    judged = counts["sft"] + counts["rejected"] - by_checks
     reconcile = {
         "tasks": counts["tasks"],
         "sft": counts["sft"],
@@ -125,6 +126,7 @@ def build_manifest(
         "reconcile": reconcile,
         "judge": {
             "judged": judged,
+            "rejected_by_checks": by_checks,
             "passed": counts["sft"],
             "pass_rate": round(counts["sft"] / judged, 4) if judged else None,
         },

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines import runtime
-from pipelines.batching import FAILURES, AsyncBatchFn, Handled, failure_from
+from pipelines.batching import FAILURES, AsyncBatchFn, Handled, failure_from, usage_kept
 from pipelines.parquet_io import WriteRecords, read_column
 from pipelines.stages import LoadToolSpecs, fixed_batches, stable_seed
 from schemas import arrow
@@ -131,8 +131,9 @@ class _GrowDomainFn(AsyncBatchFn):
         cfg = self.config
         usage: dict[str, TokenCount] = {}
         sampling = cfg.sampling.model_copy(update={"seed": stable_seed(cfg.seed, "domain", slot)})
-        domain = await grow_domain(runtime.model(cfg.synthesizer), slot, cfg.seed, self._seeds,
-                                   sampling, usage, cfg.attempts)
+        with usage_kept(usage):
+            domain = await grow_domain(runtime.model(cfg.synthesizer), slot, cfg.seed,
+                                       self._seeds, sampling, usage, cfg.attempts)
         return [domain], usage
 
     def note(self, outputs: list[Any]) -> str:
@@ -176,8 +177,9 @@ class _EvolveToolFn(AsyncBatchFn):
         usage: dict[str, TokenCount] = {}
         plan = plan_tool(slot, cfg.seed, self._domains, self._by_domain, self._chains)
         sampling = cfg.sampling.model_copy(update={"seed": stable_seed(cfg.seed, "tool", slot)})
-        result, lineage = await evolve_tool(runtime.model(cfg.synthesizer), plan, sampling,
-                                            usage, cfg.attempts, cfg.seed)
+        with usage_kept(usage):
+            result, lineage = await evolve_tool(runtime.model(cfg.synthesizer), plan, sampling,
+                                                usage, cfg.attempts, cfg.seed)
         if isinstance(result, Failure):
             return [beam.pvalue.TaggedOutput(FAILURES, result)], usage
         return [result, beam.pvalue.TaggedOutput("lineage", lineage)], usage

@@ -77,6 +77,7 @@ def build(
     if config.domain:  # a tau-bench-like domain brings its own agent and tasks (no model)
         specs, agents, tasks, domain_failures = pipeline | "LoadDomain" >> LoadDomain(config)
         front_failures: tuple[Any, ...] = (domain_failures,)
+        pairs = join_tasks_with_agents(tasks, agents, "Episodes")  # no model work before it
     else:
         loaded = pipeline | "LoadToolSpecs" >> LoadToolSpecs(paths)
         specs = loaded.specs
@@ -86,11 +87,11 @@ def build(
         generated = slotted | "GenerateTasks" >> GenerateTasks(config, control("tasks"))
         tasks = reused("tasks", generated.tasks)
         front_failures = (loaded.failures, composed.failures, generated.failures)
+        pairs = generated.pairs  # new tasks come with their agent: no barrier before episodes
+        if "tasks" in olds:  # reused tasks find their agent by a join
+            again = join_tasks_with_agents(olds["tasks"], agents, "ReusedTasks")
+            pairs = (pairs, again) | "AllPairs" >> beam.Flatten()
 
-    # Identical tasks are played once; every stage downstream keys them by task id.
-    joined = join_tasks_with_agents(tasks, agents, "Episodes")
-    pairs = joined.pairs
-    tasks = pairs | "UniqueTasks" >> beam.Map(lambda pair: pair[0])
     played = pairs | "RunEpisodes" >> RunEpisodes(config, control("episodes"))
     trajectories = reused("episodes", played.trajectories)
     to_judge = played.judge_inputs
@@ -113,7 +114,6 @@ def build(
 
     failures = (
         *front_failures,
-        joined.duplicates,
         played.failures,
         judged.failures,
     ) | "AllFailures" >> beam.Flatten()

@@ -94,7 +94,10 @@ def run_stats(out: str | Any, manifest: dict[str, Any] | None = None) -> dict[st
     sft = _rows(out / "sft", ["messages", "tools", "judge_score"])
     rejected = _rows(out / "rejected", ["judge_score", "failed_checks"])
     passed_scores = [r["judge_score"] for r in sft if r["judge_score"] is not None]
-    rejected_scores = [r["judge_score"] for r in rejected if r["judge_score"] is not None]
+    # A trajectory the checks rejected never reached the judge: it has no judge score, and it
+    # counts as a check rejection, not as a judged one (older runs stored 0.0 for it).
+    by_judge = [r for r in rejected if not r["failed_checks"]]
+    rejected_scores = [r["judge_score"] for r in by_judge if r["judge_score"] is not None]
 
     reasons: Counter[str] = Counter()
     for row in rejected:
@@ -103,7 +106,6 @@ def run_stats(out: str | Any, manifest: dict[str, Any] | None = None) -> dict[st
     failure_types = read_column(out / "failures", "error_type")
     reasons.update(f"failure: {s}: {t}" for s, t in zip(failure_stages, failure_types, strict=True))
 
-    judge = manifest.get("judge", {})
     usage = manifest.get("tokens", {})
     config = manifest.get("config", {})
     sft_tokens = sum(approx_tokens(message_text(r["messages"]) + (r["tools"] or "")) for r in sft)
@@ -118,9 +120,11 @@ def run_stats(out: str | Any, manifest: dict[str, Any] | None = None) -> dict[st
         "reconcile_ok": manifest.get("reconcile", {}).get("ok"),
         "models": manifest.get("models", {}),
         "judge": {
-            "judged": judge.get("judged", len(sft) + len(rejected)),
-            "passed": judge.get("passed", len(sft)),
-            "pass_rate": judge.get("pass_rate"),
+            "judged": len(sft) + len(by_judge),
+            "rejected_by_checks": len(rejected) - len(by_judge),
+            "passed": len(sft),
+            "pass_rate": round(len(sft) / (len(sft) + len(by_judge)), 4) if sft or by_judge
+            else None,
             "threshold": config.get("judge", {}).get("pass_threshold"),
             "mean_score": _mean(passed_scores + rejected_scores),
             "mean_score_passed": _mean(passed_scores),
@@ -168,6 +172,7 @@ def summary_rows(stats: dict[str, Any]) -> list[tuple[str, str, Any]]:
     ]
     rows += [("rows", folder, n) for folder, n in stats["counts"].items()]
     rows += [
+        ("checks", "rejected by checks (not judged)", judge["rejected_by_checks"]),
         ("judge", "judged", judge["judged"]),
         ("judge", "passed", judge["passed"]),
         ("judge", "pass rate", pct(judge["pass_rate"])),

@@ -67,6 +67,7 @@ TASK_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
         ("agent_id", pa.string()),
+        ("slot", pa.int64()),
         ("goal", pa.string()),
         ("user_knows", pa.list_(pa.string())),
         ("user_withholds", pa.list_(pa.string())),
@@ -115,6 +116,8 @@ RL_SCHEMA = pa.schema(
         ("domain", pa.string()),
         ("difficulty", pa.string()),
         ("goal", pa.string()),
+        ("user_knows", pa.list_(pa.string())),
+        ("user_withholds", pa.list_(pa.string())),
         ("prompt", MESSAGES),
         ("tools", pa.string()),
         ("rubric", pa.string()),
@@ -196,7 +199,8 @@ def rejected_row(rejected: RejectedTrajectory) -> dict[str, Any]:
     judgement = rejected.judgement
     return {
         **to_row(rejected.trajectory),
-        "judge_score": judgement.score,
+        # Rejected by the deterministic checks: no judge saw it, so it has no judge score.
+        "judge_score": None if judgement.failed_checks else judgement.score,
         "reward": judgement.reward,
         "failed_checks": list(judgement.failed_checks),
         "judgement": judgement.model_dump_json(),

@@ -1,8 +1,10 @@
 """Asking a model for a structured answer, with bounded retries and token accounting.
 
-Every role goes through `ask`: a model answer that cannot be parsed or breaks its schema is
-retried with another seed, a bounded number of times, then raised with the last raw output so the
-episode can become a Failure that shows what the model said.
+Every role goes through `ask` (user, agent, tool, judge, synthesizer): a model answer that
+cannot be parsed or breaks its schema is retried with another seed, a bounded number of times,
+then raised with the last raw output so the episode can become a Failure that shows what the
+model said. Every answer the engine produced is counted in `usage`, the unusable ones too: the
+tokens were spent, and `agentmill plan` scales from these counts.
 """
 
 from __future__ import annotations
@@ -32,6 +34,17 @@ def count(usage: Usage, role: str, completion: Completion, wait_s: float = 0.0) 
     )
 
 
+def merge_usage(into: Usage, other: Usage) -> None:
+    """Add `other`'s counts to `into`, role by role."""
+    for role, tokens in other.items():
+        target = into.setdefault(role, TokenCount())
+        target.prompt += tokens.prompt
+        target.completion += tokens.completion
+        target.requests += tokens.requests
+        target.retries += tokens.retries
+        target.wait_s = round(target.wait_s + tokens.wait_s, 4)
+
+
 NO_REMOTE = safe_schema.NO_REMOTE
 """An empty registry: a `$ref` outside the schema is unresolvable instead of fetched (jsonschema
 would otherwise download it)."""
@@ -57,23 +70,32 @@ async def ask(
     tools: list[dict[str, Any]] | None = None,
     attempts: int = 3,
     check: Callable[[Completion], str | None] | None = None,
+    retry_temperature: float | None = None,
 ) -> Completion:
-    """A completion that parses and passes `schema` and `check`, or RoleOutputError."""
+    """A completion that parses and passes `schema` and `check`, or RoleOutputError.
+
+    `retry_temperature` is the least temperature of a retry: a greedy retry would repeat the
+    answer it replaces.
+    """
     last_error, last_raw = "no attempt made", ""
     for attempt in range(max(1, attempts)):
         seed = None if sampling.seed is None else sampling.seed + 7919 * attempt
+        update: dict[str, Any] = {"seed": seed}
+        if attempt and retry_temperature is not None and sampling.temperature < retry_temperature:
+            update["temperature"] = retry_temperature
         started = time.perf_counter()
         try:
             completion = await model.complete(
                 messages,
                 tools=tools,
                 response_schema=schema,
-                sampling=sampling.model_copy(update={"seed": seed}),
+                sampling=sampling.model_copy(update=update),
             )
         except ModelOutputError as exc:
-            tokens = usage.setdefault(role, TokenCount())
-            tokens.requests += 1
-            tokens.wait_s = round(tokens.wait_s + time.perf_counter() - started, 4)
+            usage.setdefault(role, TokenCount()).add(
+                exc.prompt_tokens, exc.completion_tokens, exc.retries,
+                time.perf_counter() - started,
+            )
             last_error, last_raw = str(exc), exc.raw_output
             continue
         except ModelError:

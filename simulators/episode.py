@@ -6,23 +6,29 @@ every turn and every episode of that agent, so an engine's prefix cache serves t
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.records import (
-    AgentSpec,
-    EndReason,
-    Message,
-    Persona,
-    Task,
-    Trajectory,
+from schemas.records import AgentSpec, Message, Persona, Task, Trajectory
+from simulators.ask import RoleOutputError, ask
+from simulators.environment import (
+    Environment,
+    EpisodeError,
+    StepResult,
+    agent_system_message,
+    seeded,
 )
-from simulators.ask import RoleOutputError, Usage, ask
 from simulators.llm.base import ChatModel, Completion, ModelError, Sampling
-from simulators.tool_simulator import ToolSimulator
-from simulators.user_simulator import UserSimulator
+
+__all__ = [
+    "EpisodeConfig",
+    "EpisodeError",
+    "RoleClients",
+    "agent_system_message",
+    "drive",
+    "run_episode",
+]
 
 
 class EpisodeConfig(BaseModel):
@@ -64,8 +70,12 @@ class EpisodeConfig(BaseModel):
 
 
 @dataclass
-class RoleModels:
-    """Which client plays which role; equal configs share one client."""
+class RoleClients:
+    """Which chat client plays which role in an episode; equal configs share one client.
+
+    (The run config's `pipelines.config.RoleModels` says which model each role uses; this holds
+    the clients built from it.)
+    """
 
     user: ChatModel
     agent: ChatModel
@@ -80,123 +90,62 @@ class RoleModels:
         }
 
 
-class EpisodeError(RuntimeError):
-    """An episode could not finish; carries the role and the last raw model output."""
-
-    def __init__(
-        self, message: str, role: str = "", raw_output: str = "", usage: Usage | None = None
-    ) -> None:
-        super().__init__(message)
-        self.role = role
-        self.raw_output = raw_output
-        self.usage: Usage = usage or {}
-
-
-def agent_system_message(agent: AgentSpec) -> Message:
-    text = agent.system_prompt
-    if agent.policy:
-        text = f"{text}\n\nPolicy: {agent.policy}"
-    return Message(role="system", content=text)
-
-
 async def run_episode(
     task: Task,
     agent: AgentSpec,
     persona: Persona,
-    models: RoleModels,
+    models: RoleClients,
     config: EpisodeConfig,
     seed: int,
 ) -> Trajectory:
-    """Play one episode to its end and return the trajectory, or raise EpisodeError."""
-    usage: Usage = {}
-    tools = [tool.openai_tool() for tool in agent.tools]
-    changes_mind = random.Random(f"{seed}:mind").random() < config.mind_change_rate
-    user = UserSimulator(
-        models.user, task, persona, _seeded(config.user, seed, 1), config.attempts, changes_mind
+    """Play one episode to its end and return the trajectory, or raise EpisodeError.
+
+    The episode is the task's `Environment` driven by the agent model (`drive`).
+    """
+    env = Environment(
+        task, agent, models.user, models.tool, config, model_names=models.model_names()
     )
-    simulator = ToolSimulator(
-        models.tool,
-        agent.tools,
-        task.initial_state,
-        _seeded(config.tool, seed, 2),
-        config.attempts,
-        failure_rate=config.failure_rate,
-        seed=seed,
-        allow_entrypoints=config.allow_entrypoints,
-        entrypoint_timeout_s=config.entrypoint_timeout_s,
-    )
-    messages: list[Message] = [agent_system_message(agent)]
-    try:
-        messages.append(Message(role="user", content=await user.opening(usage)))
-        turns = 1
-        end_reason: EndReason
-        while True:
-            final = await _agent_turn(messages, tools, models.agent, simulator, usage, config, seed)
-            if turns >= config.max_turns:
-                end_reason = "agent_final" if final else "turn_limit"
-                break
-            if final and not config.user_ends:
-                end_reason = "agent_final"
-                break
-            text, done = await user.reply(messages, usage)
-            if done:
-                end_reason = "user_stop"
-                break
-            messages.append(Message(role="user", content=text))
-            turns += 1
-    except RoleOutputError as exc:
-        raise EpisodeError(str(exc), exc.role, exc.raw_output, usage) from exc
-    except ModelError as exc:
-        raise EpisodeError(f"model error: {exc}", usage=usage) from exc
-    return Trajectory(
-        task_id=task.id,
-        agent_id=agent.id,
-        persona_id=persona.id,
-        domain=agent.domain,
-        messages=messages,
-        tools=tools,
-        final_state=simulator.state,
-        token_counts=usage,
-        models=models.model_names(),
-        seed=seed,
-        end_reason=end_reason,
-        turns=turns,
-        injected_faults=simulator.injected,
-        user_style=persona.style,
-        user_changed_mind=user.changed_mind,
-    )
+    await env.reset(seed, persona)
+    await drive(env, models.agent)
+    assert env.trajectory is not None
+    return env.trajectory
 
 
-async def _agent_turn(
-    messages: list[Message],
-    tools: list[dict],
-    model: ChatModel,
-    simulator: ToolSimulator,
-    usage: Usage,
-    config: EpisodeConfig,
-    seed: int,
-) -> bool:
-    """Let the agent call tools until it replies; True when it marks its reply final."""
-    for round_index in range(config.max_tool_rounds + 1):
-        may_call = round_index < config.max_tool_rounds
-        sampling = _seeded(config.agent, seed, 100 + len(messages))
-        completion = await ask(
-            model, "agent", usage, messages, sampling,
-            tools=tools if may_call else None,
-            schema=None if may_call else FINAL_REPLY_SCHEMA,
-            attempts=config.attempts,
-            check=_reply_not_empty,
-        )
+async def drive(env: Environment, agent: ChatModel) -> StepResult:
+    """Let `agent` play a freshly reset `env` to its end; the last step (reward included).
+
+    Each round the agent may call tools while the turn has tool rounds left, else it must reply
+    (and say whether its reply is final). Raises EpisodeError when a model fails for good.
+    """
+    config = env.config
+    while True:
+        may_call = env.may_call_tools
+        sampling = seeded(config.agent, env.seed, 100 + len(env.messages))
+        try:
+            completion = await ask(
+                agent, "agent", env.usage, env.messages, sampling,
+                tools=env.tools if may_call else None,
+                schema=None if may_call else FINAL_REPLY_SCHEMA,
+                attempts=config.attempts,
+                check=_reply_not_empty,
+            )
+        except RoleOutputError as exc:
+            env.done = True
+            raise EpisodeError(str(exc), exc.role, exc.raw_output, env.usage) from exc
+        except ModelError as exc:
+            env.done = True
+            raise EpisodeError(f"model error: {exc}", usage=env.usage) from exc
         if completion.tool_calls:
-            messages.append(Message(role="assistant", tool_calls=completion.tool_calls))
-            for call in completion.tool_calls:
-                messages.append(await simulator.answer(call, usage))
-            continue
-        text = completion.text if may_call else str(completion.parsed["content"])
-        messages.append(Message(role="assistant", content=text.strip()))
-        parsed = completion.parsed if isinstance(completion.parsed, dict) else {}
-        return bool(parsed.get("final", False))
-    return False
+            result = await env.step(Message(role="assistant", tool_calls=completion.tool_calls))
+        else:
+            text = completion.text if may_call else str(completion.parsed["content"])
+            parsed = completion.parsed if isinstance(completion.parsed, dict) else {}
+            result = await env.step(
+                Message(role="assistant", content=text.strip()),
+                final=bool(parsed.get("final", False)),
+            )
+        if result.done:
+            return result
 
 
 FINAL_REPLY_SCHEMA = {
@@ -214,7 +163,3 @@ def _reply_not_empty(completion: Completion) -> str | None:
     if isinstance(completion.parsed, dict) and "content" in completion.parsed:
         text = str(completion.parsed["content"])
     return None if text.strip() else "empty assistant reply"
-
-
-def _seeded(sampling: Sampling, seed: int, salt: int) -> Sampling:
-    return sampling.model_copy(update={"seed": (seed * 1_000_003 + salt) % (2**31)})

@@ -4,7 +4,10 @@ It validates every call's arguments first (an invalid call gets the error a real
 that error stays in the trajectory so the agent can recover), then asks the model for a result
 constrained to the tool's `returns` schema. Write tools report state changes; the world
 (`simulators.world`) applies them and reconciles every answer with what it holds, so a read
-after a write returns what was written.
+after a write returns what was written, and a read's records fit its own filters
+(`simulators.constraints`). The same call made again with no write in between gets the same
+answer (a write is idempotent; a second identical create gets 409 conflict, as a real API
+answers), so one episode never says enrolled, then not enrolled, for one unchanged record.
 
 Failures are injected on purpose, seeded: a share (`failure_rate`) of valid calls answers with
 a realistic failure (not found, permission denied, rate limited, timeout) or a partial or empty
@@ -111,6 +114,11 @@ class ToolSimulator:
         self.entrypoint_timeout_s = entrypoint_timeout_s
         self.injected: list[InjectedFault] = []
         self._calls = 0
+        self._writes = 0
+        """Writes answered so far: the world's version, for telling a repeat from a new call."""
+        self._answered: dict[tuple[str, str], tuple[int, Any, bool]] = {}
+        """(tool, arguments) -> (world version after it, its answer, whether it created a
+        record): an identical call with no write since gets the same answer (a create: 409)."""
 
     @property
     def state(self) -> JsonObject:
@@ -140,19 +148,37 @@ class ToolSimulator:
         kind: FaultKind | None = rng.choice(kinds) if fault else None
         if kind in ERROR_FAULTS:
             return self._inject(call, tool, kind, fault_error(kind, tool, arguments, rng))
-        if self.allow_entrypoints and tool.entrypoint:
-            outcome = await self._execute(tool, arguments)
-            if isinstance(outcome, str):
-                return self._message(call, outcome)  # the real tool's own error
-            result = outcome[0]
+        key = (tool.name, canonical_json(arguments))
+        earlier = self._answered.get(key)
+        if earlier is not None and earlier[0] == self._writes:
+            # Nothing changed the world since this very call was answered: answer as then.
+            _, result, created = earlier
+            if created:  # a second identical create: the record exists, as a real API says
+                return self._message(call, api_error(
+                    409, "conflict", f"{tool.name} with these arguments already succeeded",
+                    existing=result,
+                ))
         else:
-            result, changes = await self._simulate(tool, arguments, usage)
+            if self.allow_entrypoints and tool.entrypoint:
+                outcome = await self._execute(tool, arguments)
+                if isinstance(outcome, str):
+                    return self._message(call, outcome)  # the real tool's own error
+                result = outcome[0]
+            else:
+                result, changes = await self._simulate(tool, arguments, usage)
+                if tool.side_effect == "write":
+                    apply_changes(self.world.state, changes)
+            created = False
             if tool.side_effect == "write":
-                apply_changes(self.world.state, changes)
-        if tool.side_effect == "write":
-            result = self.world.after_write(arguments, result, tool.returns)
-        else:
-            result = self.world.reconcile_read(arguments, result, tool.returns)
+                before = self.world.size()
+                result = self.world.after_write(arguments, result, tool.returns)
+                created = self.world.size() > before
+                self._writes += 1
+            else:
+                result = self.world.reconcile_read(
+                    arguments, result, tool.returns, tool.parameters
+                )
+            self._answered[key] = (self._writes, result, created)
         if kind is not None:
             trimmed = _trim_arrays(result, tool.returns, empty=kind == "empty_result")
             if trimmed is None:  # nothing to cut short: fail the call instead

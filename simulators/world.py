@@ -24,6 +24,7 @@ from typing import Any
 from faker import Faker
 
 from schemas.records import STATE_CHANGES, JsonObject, ToolSpec
+from simulators import constraints
 from simulators.ask import schema_errors
 
 RECORDS_PER_COLLECTION = 3
@@ -159,6 +160,10 @@ class World:
     def __init__(self, initial_state: JsonObject) -> None:
         self.state: JsonObject = copy.deepcopy(initial_state)
 
+    def size(self) -> int:
+        """How many records the world holds (a create adds one)."""
+        return sum(len(v) for v in self.state.values() if isinstance(v, dict))
+
     def record(self, id_field: str, record_id: Any) -> dict[str, Any] | None:
         collection = collection_of(id_field)
         records = self.state.get(collection) if collection else None
@@ -249,17 +254,31 @@ class World:
             if isinstance(child, (dict, list)):
                 self._absorb(child, named, depth + 1)
 
-    def reconcile_read(self, arguments: JsonObject, result: Any, returns: JsonObject | None) -> Any:
-        """The read's answer with every field of a known record replaced by the world's value.
+    def reconcile_read(
+        self,
+        arguments: JsonObject,
+        result: Any,
+        returns: JsonObject | None,
+        parameters: JsonObject | None = None,
+    ) -> Any:
+        """The read's answer with every field of a known record replaced by the world's value,
+        and without the records that contradict the call's own filters.
 
         Only fields the answer already has are replaced, and only while the answer stays valid
         against the tool's `returns` schema, so reconciling never breaks the tool's contract.
+        Then records that break what the arguments promise (`max_price_usd=100`, `city`,
+        `limit`; see `simulators.constraints`) are dropped, again only while the answer stays
+        valid: a world record copied in by id must still fit the search that found it.
         """
         named = self._named_records(arguments)
         fixed = copy.deepcopy(result)
         if isinstance(fixed, dict) and len(named) == 1 and self._primary(fixed) is None:
             _overlay(fixed, named[0], returns)
         self._overlay_known(fixed, returns, fixed, depth=0)
+        if constraints.contradictions(arguments, parameters, fixed):
+            kept = constraints.obeying(arguments, parameters, copy.deepcopy(fixed))
+            if returns is None or not schema_errors(returns, kept):
+                fixed = kept
         return fixed
 
     def _overlay_known(self, node: Any, returns: JsonObject | None, root: Any, depth: int) -> None:

@@ -1,8 +1,8 @@
 """`python -m tests.slow_cli DELAY_S AGENTMILL_ARGS...`: the real CLI in a process of its own, with
 a scripted model that takes DELAY_S per answer, so tests can kill or interrupt a run midway.
 
-The model is installed for `backend: scripted, model: slow`; everything else is the CLI as users
-run it.
+The model is installed for `backend: scripted, model: slow`, and one that answers every request
+with text that is not JSON for `model: broken`; everything else is the CLI as users run it.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ class SlowModel(ScriptedModel):
 def main() -> None:
     delay = float(sys.argv[1])
     registry.register(ModelConfig(backend="scripted", model="slow"), SlowModel(delay))
+    broken = ScriptedModel(lambda request: "not JSON at all", name="broken")
+    registry.register(ModelConfig(backend="scripted", model="broken"), broken)
     app(sys.argv[2:], prog_name="agentmill")
 
 

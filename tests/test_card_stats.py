@@ -117,7 +117,9 @@ def test_stats_prints_the_numbers_of_the_card(scripted_run: Path) -> None:
     # The judge's numbers agree with the rows on disk.
     sft_rows, rejected_rows = (read_rows(scripted_run / f) for f in ("sft", "rejected"))
     assert parsed["judge"]["passed"] == len(sft_rows)
-    assert parsed["judge"]["judged"] == len(sft_rows) + len(rejected_rows)
+    by_checks = [r for r in rejected_rows if r["failed_checks"]]
+    assert parsed["judge"]["judged"] == len(sft_rows) + len(rejected_rows) - len(by_checks)
+    assert parsed["judge"]["rejected_by_checks"] == len(by_checks)
     assert sum(parsed["failure_reasons"].values()) >= len(rejected_rows)
 
 
@@ -264,3 +266,47 @@ def test_rejection_reasons_group_by_check_and_plot_cleanly(tmp_path: Path) -> No
         made = write_plots(tmp_path, stats)
     assert len(made) == 5
     assert all((tmp_path / path).read_bytes().startswith(PNG) for path in made.values())
+
+
+def test_check_rejections_are_not_judge_verdicts(tmp_path: Path) -> None:
+    """A trajectory the checks rejected has no judge score and is not counted as judged."""
+    from schemas.records import RejectedTrajectory
+
+    checked = trajectory("weather", '{"t": 3}', "by checks")
+    judged = trajectory("weather", '{"t": 4}', "by the judge")
+    write_run(tmp_path / "run", sft=[trajectory("weather", '{"t": 5}', "passed")],
+              rejected=[checked])
+    extra = arrow.rejected_row(RejectedTrajectory(
+        trajectory=judged, judgement=Judgement(trajectory_id=judged.id, passed=False, score=0.25),
+    ))
+    pq.write_table(pa.Table.from_pylist([extra], schema=arrow.REJECTED_SCHEMA),
+                   tmp_path / "run" / "rejected" / "part-00001-of-00002.parquet")
+    rows = {r["id"]: r for r in read_rows(tmp_path / "run" / "rejected")}
+    assert rows[checked.id]["judge_score"] is None and rows[judged.id]["judge_score"] == 0.25
+    numbers = run_stats(tmp_path / "run", manifest={})
+    assert numbers["judge"]["judged"] == 2 and numbers["judge"]["rejected_by_checks"] == 1
+    assert numbers["judge"]["pass_rate"] == 0.5
+    assert numbers["series"]["scores_rejected"] == [0.25]  # no 0.0 plotted for the checks' one
+    assert numbers["failure_reasons"] == {"check: tool_error": 1, "judge: score below threshold": 1}
+
+
+def test_card_snippet_loads_only_folders_with_rows(scripted_run: Path, tmp_path: Path) -> None:
+    """A run whose sft/ is empty: every `load_dataset` line of its card runs (none names sft)."""
+    import shutil
+
+    manifest = json.loads((scripted_run / "manifest.json").read_text())
+    run = tmp_path / "no_sft"
+    shutil.copytree(scripted_run, run)
+    shutil.rmtree(run / "sft")
+    (run / "sft").mkdir()
+    pq.write_table(pa.Table.from_pylist([], schema=arrow.SFT_SCHEMA), run / "sft" / "p.parquet")
+    manifest["counts"]["sft"] = 0
+    write_card(run, manifest)
+    _, body = card(run)
+    snippet = re.search(r"```python\n(.*?)```", body, re.S).group(1)  # type: ignore[union-attr]
+    assert "'sft'" not in snippet and "'rejected'" in snippet and "'rl'" in snippet
+    assert "`sft/` hold no rows" in body
+    scope: dict[str, Any] = {}
+    exec(snippet, scope)  # the lines a user would paste
+    assert len(scope["rejected"]) == manifest["counts"]["rejected"]
+    assert len(scope["rl"]) == manifest["counts"]["rl"]

@@ -160,8 +160,9 @@ def test_cli_run_hands_arguments_after_the_separator_to_beam(
 
     def fake_run(config: Any, pipeline: Any = None, force: bool = False) -> dict[str, Any]:
         seen["config"], seen["pipeline"] = config, pipeline
-        counts = dict.fromkeys(OUTPUT_FOLDERS, 0)
-        return {"counts": counts, "timings": {"wall_seconds": 0}, "reconcile": {"ok": True}}
+        counts = {**dict.fromkeys(OUTPUT_FOLDERS, 0), "trajectories": 1, "rejected": 1}
+        return {"counts": counts, "timings": {"wall_seconds": 0}, "reconcile": {"ok": True},
+                "config": config.public_dump(), "failures_by_stage": {}}
 
     monkeypatch.setattr("pipelines.run.run", fake_run)
     result = CliRunner().invoke(

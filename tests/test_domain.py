@@ -15,7 +15,7 @@ from filters.reward import score_trajectory
 from pipelines.cli import app
 from pipelines.parquet_io import read_rows
 from pipelines.run import run
-from simulators.episode import EpisodeConfig, RoleModels, run_episode
+from simulators.episode import EpisodeConfig, RoleClients, run_episode
 from simulators.persona import make_persona
 from simulators.world import record_schemas
 from tests.helpers import agent_calls, agent_reply, role_model
@@ -84,7 +84,7 @@ def retail_episode(agent_turns: list[str], task_index: int = 0):
         "user": lambda r: {"message": "yes please", "done": True}
         if "done" in r.schema["properties"] else {"message": "Cancel my shoe order."},
     })
-    models = RoleModels(user=model, agent=model, tool=model)
+    models = RoleClients(user=model, agent=model, tool=model)
     trajectory = asyncio.run(run_episode(
         task, domain.agent, make_persona("p"), models, EpisodeConfig(failure_rate=0.0), 1
     ))

@@ -1,5 +1,6 @@
-"""Identical tasks are one task: played once, every copy beyond the first a counted
-`DuplicateTask` failure, and every stage (checkpoints and resume included) keys them alike."""
+"""Identical tasks in two slots are two tasks: each has its own id (the slot is part of it), is
+played once, and every stage (checkpoints and resume included) keys them alike, so none is
+merged into another or lost on resume."""
 
 from __future__ import annotations
 
@@ -38,35 +39,48 @@ def _domain(tmp_path: Path, distinct: int, copies: int) -> Path:
     return folder
 
 
-def _assert_whole(out: Path, distinct: int, duplicates: int) -> dict[str, Any]:
-    """Every distinct task once in every folder, every copy counted, counts reconcile."""
+def _assert_whole(out: Path, slots: int, distinct: int) -> dict[str, Any]:
+    """Every task slot once in every folder, however many share their content; counts
+    reconcile."""
     manifest = json.loads((out / "manifest.json").read_text())
-    tasks = read_column(out / "tasks", "id")
-    assert len(tasks) == len(set(tasks)) == distinct
-    assert sorted(read_column(out / "rl", "task_id")) == sorted(tasks)
+    tasks = read_rows(out / "tasks", columns=["id", "goal", "slot"])
+    ids = [t["id"] for t in tasks]
+    assert len(ids) == len(set(ids)) == slots
+    assert sorted(t["slot"] for t in tasks) == list(range(slots))
+    assert len({t["goal"] for t in tasks}) == distinct  # identical content, distinct tasks
+    assert sorted(read_column(out / "rl", "task_id")) == sorted(ids)
     per_task = Counter(read_column(out / "trajectories", "task_id"))
-    assert set(per_task) <= set(tasks) and max(per_task.values(), default=1) == 1
+    assert set(per_task) <= set(ids) and max(per_task.values(), default=1) == 1
     judged = read_column(out / "sft", "id") + read_column(out / "rejected", "id")
     assert len(judged) == len(set(judged))
-    failures = read_rows(out / "failures")
-    played = [f for f in failures if f["stage"] in ("episodes", "judge")]
-    assert len(judged) + len(played) == distinct
-    copies = [f for f in failures if f["error_type"] == "DuplicateTask"]
-    assert len(copies) == duplicates and {f["input_id"] for f in copies} <= set(tasks)
-    assert manifest["failures_by_stage"].get("tasks", 0) == duplicates
-    assert manifest["reconcile"]["ok"]
+    played = [f for f in read_rows(out / "failures") if f["stage"] in ("episodes", "judge")]
+    assert len(judged) + len(played) == slots
+    assert manifest["reconcile"]["ok"] and manifest["counts"]["tasks"] == slots
     return manifest
 
 
-def test_duplicated_domain_tasks_are_played_once_and_counted(tmp_path: Path) -> None:
+def test_duplicated_domain_tasks_are_each_played_once(tmp_path: Path) -> None:
     domain = _domain(tmp_path, distinct=4, copies=3)
     out = tmp_path / "run"
     config = scripted_config(out, episodes=12, domain=str(domain))
     run(config)
-    _assert_whole(out, distinct=4, duplicates=8)
+    _assert_whole(out, slots=12, distinct=4)
     second = run(config)  # a rerun reuses every episode and judgement, and counts alike
-    assert second["resume"]["reused"]["episodes"] == 4 == second["resume"]["reused"]["judge"]
-    _assert_whole(out, distinct=4, duplicates=8)
+    assert second["resume"]["reused"]["episodes"] == 12 == second["resume"]["reused"]["judge"]
+    _assert_whole(out, slots=12, distinct=4)
+
+
+def test_an_id_a_domain_file_gives_twice_is_a_named_failure(tmp_path: Path) -> None:
+    from toolspecs.domain import load_domain
+
+    domain = _domain(tmp_path, distinct=3, copies=1)
+    tasks = json.loads((domain / "tasks.json").read_text())
+    tasks[0]["id"] = tasks[2]["id"] = "task-same"
+    (domain / "tasks.json").write_text(json.dumps(tasks))
+    loaded = load_domain(domain)
+    assert [t.slot for t in loaded.tasks] == [0, 1]
+    (failure,) = loaded.failures
+    assert failure.error_type == "DuplicateTaskId" and "task 0's" in failure.error
 
 
 def _same_task_model(request: ScriptRequest) -> Any:
@@ -90,10 +104,9 @@ def test_identical_generated_tasks_survive_a_resume_without_losing_rows(tmp_path
         config = scripted_config(out, episodes=9, tasks_per_agent=1, name="same",
                                  toolspecs=[str(specs)], **{"control.checkpoint_every": 1})
         first = run(config)
-        tasks = read_column(out / "tasks", "id")
-        distinct = len(tasks)
+        distinct = len(set(read_column(out / "tasks", "goal")))
         assert distinct < 9, "the model was meant to write identical tasks"
-        _assert_whole(out, distinct=distinct, duplicates=9 - distinct)
+        _assert_whole(out, slots=9, distinct=distinct)
         # Lose half the episode checkpoints, as a kill would, and resume.
         area = Path(str(out / first["resume"]["checkpoint"]))
         parts = sorted((area / "episodes").glob("part-*.parquet"))
@@ -103,7 +116,8 @@ def test_identical_generated_tasks_survive_a_resume_without_losing_rows(tmp_path
     finally:
         registry.clear()
     assert second["resume"]["reused"]["tasks"] == 9
-    _assert_whole(out, distinct=distinct, duplicates=9 - distinct)
+    assert 0 < second["resume"]["reused"]["episodes"] < 9
+    _assert_whole(out, slots=9, distinct=distinct)
     assert second["counts"]["sft"] + second["counts"]["rejected"] == first["counts"]["sft"] + \
         first["counts"]["rejected"]
 
@@ -123,12 +137,12 @@ def test_sigkill_and_resume_with_duplicated_tasks(tmp_path: Path) -> None:
     checkpointed = _wait_for_checkpointed_episodes(area, 4, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL and checkpointed < distinct
+    assert proc.returncode == -signal.SIGKILL and checkpointed < distinct * copies
     assert not (out / "manifest.json").exists()
 
     rerun = _slow_cli(["--config", str(config), "--out", str(out)])
     _, stderr = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, stderr[-3000:]
-    manifest = _assert_whole(out, distinct=distinct, duplicates=distinct * (copies - 1))
-    assert checkpointed <= manifest["resume"]["reused"]["episodes"] < distinct
-    assert count_rows(out / "trajectories") == distinct
+    manifest = _assert_whole(out, slots=distinct * copies, distinct=distinct)
+    assert checkpointed <= manifest["resume"]["reused"]["episodes"] < distinct * copies
+    assert count_rows(out / "trajectories") == distinct * copies

@@ -47,7 +47,11 @@ def test_two_episodes_on_the_embedded_model(tmp_path: Path) -> None:
         for row in read_rows(out / folder):
             for call, tool in tool_calls(row):
                 jsonschema.validate(json.loads(call["arguments"]), tool["parameters"])
-    for row in read_rows(out / "trajectories"):
+    # The loops below check whatever rows exist: zero trajectories must fail here, not pass them.
+    trajectories = read_rows(out / "trajectories")
+    assert len(trajectories) >= 1, manifest["failures_by_type"]
+    assert counts["trajectories"] == len(trajectories)
+    for row in trajectories:
         assert row["messages"][0]["role"] == "system"
         assert row["messages"][1]["role"] == "user" and row["messages"][1]["content"]
         assert row["end_reason"] in {"user_stop", "agent_final", "turn_limit"}

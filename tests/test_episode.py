@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 
 from schemas.records import FunctionCall, ToolCall
-from simulators.episode import EpisodeConfig, EpisodeError, RoleModels, run_episode
+from simulators.episode import EpisodeConfig, EpisodeError, RoleClients, run_episode
 from simulators.llm.base import Sampling
 from simulators.persona import make_persona
 from simulators.tool_simulator import ToolSimulator
@@ -21,7 +21,7 @@ def play(handlers: dict, config: EpisodeConfig | None = None, seed: int = 7):
     model = role_model(handlers)
     spec = helpers.agent()
     task = helpers.task(spec)
-    models = RoleModels(user=model, agent=model, tool=model)
+    models = RoleClients(user=model, agent=model, tool=model)
     return asyncio.run(
         run_episode(
             task, spec, make_persona("p"), models, config or EpisodeConfig(failure_rate=0.0), seed

@@ -23,7 +23,7 @@ from pipelines.run import in_process_pipeline
 from pipelines.stages import RunEpisodes
 from schemas.records import AgentSpec, Failure, Persona, Task, ToolSpec, Trajectory
 from simulators.ask import RoleOutputError
-from simulators.episode import EpisodeConfig, EpisodeError, RoleModels, run_episode
+from simulators.episode import EpisodeConfig, EpisodeError, RoleClients, run_episode
 from simulators.llm import registry
 from simulators.llm.registry import ModelConfig
 from simulators.llm.scripted import ScriptedModel
@@ -176,7 +176,7 @@ def _scripted(answers: dict[str, Any]) -> ScriptedModel:
 
 def _episode(model: ScriptedModel) -> Trajectory:
     spec = helpers.agent()
-    models = RoleModels(user=model, agent=model, tool=model)
+    models = RoleClients(user=model, agent=model, tool=model)
     persona = Persona(name="Ada", occupation="engineer", city="Oslo")
     config = EpisodeConfig(max_turns=2, attempts=2)
     return asyncio.run(run_episode(helpers.task(spec), spec, persona, models, config, seed=1))

@@ -7,7 +7,7 @@ from collections import Counter
 
 from filters.checks import run_checks
 from schemas.records import Message, Trajectory
-from simulators.episode import EpisodeConfig, RoleModels, run_episode
+from simulators.episode import EpisodeConfig, RoleClients, run_episode
 from simulators.llm.base import Sampling
 from simulators.persona import STYLE_GUIDES, USER_STYLES, make_persona
 from simulators.user_simulator import UserSimulator
@@ -92,7 +92,7 @@ def play(user, config: EpisodeConfig, seed: int = 1):
     model = role_model({"user": user, "agent": lambda r: agent_reply("Which name?", final=True)})
     spec = helpers.agent()
     task = helpers.task(spec)
-    models = RoleModels(user=model, agent=model, tool=model)
+    models = RoleClients(user=model, agent=model, tool=model)
     return asyncio.run(run_episode(task, spec, make_persona("p"), models, config, seed)), model
 
 

@@ -10,7 +10,7 @@ from collections import Counter
 import jsonschema
 
 from schemas.records import FunctionCall, ToolCall, ToolSpec
-from simulators.episode import EpisodeConfig, RoleModels, run_episode
+from simulators.episode import EpisodeConfig, RoleClients, run_episode
 from simulators.llm.base import Sampling
 from simulators.persona import make_persona
 from simulators.tool_simulator import ToolSimulator
@@ -234,7 +234,7 @@ def test_episode_records_final_state_and_injected_faults() -> None:
         "agent": lambda r: queue.pop(0),
         "user": user_says("cancel ORD-1"),
     })
-    models = RoleModels(user=model, agent=model, tool=model)
+    models = RoleClients(user=model, agent=model, tool=model)
     config = EpisodeConfig(failure_rate=0.0, user_ends=True)
     trajectory = asyncio.run(run_episode(task, spec, make_persona("p"), models, config, 3))
     assert trajectory.final_state["orders"]["ORD-1"]["status"] == "cancelled"
@@ -252,7 +252,7 @@ def test_trajectory_lists_the_faults_it_got() -> None:
         "agent": lambda r: queue.pop(0),
         "user": user_says("status?"),
     })
-    models = RoleModels(user=model, agent=model, tool=model)
+    models = RoleClients(user=model, agent=model, tool=model)
     trajectory = asyncio.run(run_episode(
         task, spec, make_persona("p"), models, EpisodeConfig(failure_rate=0.5), 11
     ))

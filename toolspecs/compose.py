@@ -285,6 +285,7 @@ async def write_task(
         criteria.append(DECLINE_CRITERION)
     return Task(
         agent_id=agent.id,
+        slot=index,
         goal=" ".join(str(answer["goal"]).split()),
         user_knows=list(answer["user_knows"]),
         user_withholds=list(answer["user_withholds"]),

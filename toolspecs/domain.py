@@ -124,10 +124,22 @@ def load_domain(path: str | Path) -> Domain:
     )
     tasks_file, entries = _task_entries(folder)
     names = {t.name for t in tools}
-    tasks = []
+    tasks: list[Task] = []
+    first: dict[str, int] = {}
     for index, entry in enumerate(entries):
         result = _task(entry, index, str(tasks_file), agent, world, names)
-        (tasks if isinstance(result, Task) else failures).append(result)  # type: ignore[arg-type]
+        if isinstance(result, Task) and result.id in first:  # an id the file gives twice
+            result = Failure(
+                stage=STAGE, input_id=f"{tasks_file}#{index}", error_type="DuplicateTaskId",
+                error=f"{tasks_file}: task {index} at /{index}/id: id {result.id!r} is already "
+                f"task {first[result.id]}'s; every task needs its own",
+                source=str(tasks_file),
+            )
+        if isinstance(result, Task):
+            first[result.id] = index
+            tasks.append(result)
+        else:
+            failures.append(result)
     return Domain(agent=agent, tasks=tasks, world=world, failures=failures)
 
 
@@ -159,6 +171,7 @@ def _task(
         task = Task(
             id=str(entry.get("id") or ""),
             agent_id=agent.id,
+            slot=index,
             goal=entry.get("goal"),
             user_knows=entry.get("user_knows") or [],
             user_withholds=entry.get("user_withholds") or [],

@@ -51,6 +51,18 @@ class ModelOutputError(ValueError):
     def __init__(self, message: str, raw_output: str = "") -> None:
         super().__init__(message)
         self.raw_output = raw_output
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.retries = 0
+        """What the unusable answer cost: the engine spent these tokens all the same, so the
+        caller counts them (`spent` sets them where the raw completion is known)."""
+
+    def spent(self, raw: RawCompletion) -> ModelOutputError:
+        """This error with the token counts of the answer it rejects."""
+        self.prompt_tokens = raw.prompt_tokens
+        self.completion_tokens = raw.completion_tokens
+        self.retries = raw.retries
+        return self
 
 
 class ChatModel(abc.ABC):
@@ -119,8 +131,11 @@ class ConstrainedChatModel(ChatModel):
         if raw.finish_reason == "length":
             raise ModelOutputError(
                 f"{self.name}: answer truncated at {sampling.max_tokens}", raw.text
-            )
-        content, calls, decoded = parse()
+            ).spent(raw)
+        try:
+            content, calls, decoded = parse()
+        except ModelOutputError as exc:
+            raise exc.spent(raw)  # noqa: B904 - the same error, with its cost
         return Completion(
             text=content,
             tool_calls=calls,
@@ -148,8 +163,6 @@ class ConstrainedChatModel(ChatModel):
         response_schema: dict[str, Any] | None = None,
         sampling: Sampling | None = None,
     ) -> Completion:
-        import json
-
         from simulators.llm import toolcall
 
         sampling = sampling or Sampling()
@@ -163,6 +176,25 @@ class ConstrainedChatModel(ChatModel):
         if schema is not None and (self.bound_strings or self.bound_items):
             schema = toolcall.bound_schema(schema, self.bound_strings, self.bound_items)
         raw = await self.generate(plain, schema, sampling)
+        try:
+            return self._decode(raw, tools, response_schema, schema, sampling, len(messages))
+        except ModelOutputError as exc:
+            raise exc.spent(raw)  # noqa: B904 - the same error, with its cost
+
+    def _decode(
+        self,
+        raw: RawCompletion,
+        tools: list[dict[str, Any]] | None,
+        response_schema: dict[str, Any] | None,
+        schema: dict[str, Any] | None,
+        sampling: Sampling,
+        n_messages: int,
+    ) -> Completion:
+        """The raw answer as a Completion, or ModelOutputError when it cannot be used."""
+        import json
+
+        from simulators.llm import toolcall
+
         completion = Completion(
             text=raw.text,
             prompt_tokens=raw.prompt_tokens,
@@ -176,7 +208,7 @@ class ConstrainedChatModel(ChatModel):
                 f"{self.name}: answer truncated at {sampling.max_tokens} tokens", raw.text
             )
         if tools:
-            salt = f"{len(messages)}:{sampling.seed}"
+            salt = f"{n_messages}:{sampling.seed}"
             content, calls, final, value = toolcall.parse_agent_output(raw.text, salt)
             completion.text = content or ""
             completion.tool_calls = calls
