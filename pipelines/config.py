@@ -145,7 +145,8 @@ class RunConfig(BaseModel):
     def fingerprint(self) -> str:
         body = self.model_dump(mode="json", exclude={"out", "control", "reward"})
         for role in ROLES:
-            body["models"][role].pop("api_key", None)
+            for field in ("api_key", "server_wait_s", "engine_restarts"):  # how, not what
+                body["models"][role].pop(field, None)
         return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]
 
     def public_dump(self) -> dict[str, Any]:
