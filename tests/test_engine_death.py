@@ -211,3 +211,27 @@ def test_an_engine_that_keeps_dying_is_a_bounded_model_unavailable(
     with pytest.raises(ModelUnavailable, match="died 2 times"):
         asyncio.run(ask())
     assert len(engines) == 2
+
+
+def test_a_small_run_whose_every_episode_fails_never_exits_0(tmp_path: Path) -> None:
+    """Too small for the in-run brake (20 inputs): the same rule judges the finished run."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+    from tests.helpers import role_model
+
+    config = tmp_path / "broken.yaml"
+    config.write_text(json.dumps({"models": {r: {"backend": "scripted", "model": "broken"} for r
+                                             in ("user", "agent", "tool", "judge", "synthesizer")},
+                                  "episodes": 4}))
+    broken = role_model({"agent": lambda request: "not JSON at all"})
+    registry.register(ModelConfig(backend="scripted", model="broken"), broken)
+    try:
+        result = CliRunner().invoke(app, ["run", "--config", str(config),
+                                          "--out", str(tmp_path / "run")])
+    finally:
+        registry.clear()
+    assert result.exit_code == 1, result.output
+    assert "episodes: 4 of 4 failed" in result.output
