@@ -448,3 +448,17 @@ def test_a_full_disk_while_checkpointing_stops_the_run_with_a_named_error(
     with pytest.raises(RunStopped, match="no space left on the device") as stopped:
         run(scripted_config(tmp_path / "run", episodes=3))
     assert stopped.value.exit_code == 1
+
+
+def test_a_config_nested_thousands_deep_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text("episode: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(path)
+
+
+def test_a_symlink_loop_as_a_spec_file_is_a_named_failure(tmp_path: Path) -> None:
+    (tmp_path / "a.json").symlink_to(tmp_path / "b.json")
+    (tmp_path / "b.json").symlink_to(tmp_path / "a.json")
+    (failure,) = load_file(tmp_path / "a.json")
+    assert failure.error_type == "OSError" and "symbolic links" in failure.error
