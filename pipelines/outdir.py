@@ -32,7 +32,7 @@ MARKER = ".agentmill-run"
 LOCK = ".agentmill.lock"
 RUN_ENTRIES = (
     "toolspecs", "agents", "tasks", "trajectories", "sft", "rl", "rejected", "failures",
-    "plots", "manifest.json", "README.md", "_work", MARKER, LOCK,
+    "plots", "manifest.json", "README.md", "_work", MARKER, LOCK, "agentmill.log",
 )
 """Everything a run writes in its folder: the only names it ever replaces or deletes."""
 
@@ -63,6 +63,20 @@ def check_path(out: str) -> None:
         raise OutputError(f"--out {text} is a file, not a folder; name a folder for the run")
 
 
+_OPENED_FIRST = frozenset({LOCK, "agentmill.log"})
+"""A run's own entries that exist before it claims the folder (the CLI checks the folder
+before it opens its log there)."""
+
+
+def check_claimable(out: str, force: bool = False) -> None:
+    """Refuse (OutputError) an output a run could not claim, touching nothing: what `claim`
+    would refuse, checked before anything (a log file) is written there."""
+    check_path(out)
+    foreign = _foreign_entries(storage.run_path(out))
+    if foreign is not None and not force:
+        raise OutputError(_refusal(storage.run_path(out), foreign))
+
+
 def _foreign_entries(out: storage.RunPath) -> list[str] | None:
     """Names in `out` when it holds something and no marker; None when it may be claimed."""
     if isinstance(out, Path):
@@ -70,14 +84,14 @@ def _foreign_entries(out: storage.RunPath) -> list[str] | None:
             return [out.name]
         if not out.is_dir():
             return None
-        names = sorted(p.name for p in out.iterdir() if p.name != LOCK)
+        names = sorted(p.name for p in out.iterdir() if p.name not in _OPENED_FIRST)
         return None if not names or MARKER in names else names
     if storage.exists(out / MARKER):
         return None
     prefix = str(out).rstrip("/") + "/"
     (result,) = FileSystems.match([f"{prefix}**"])
     names = sorted({m.path[len(prefix):].split("/", 1)[0] for m in result.metadata_list})
-    names = [n for n in names if n and n != LOCK]
+    names = [n for n in names if n and n not in _OPENED_FIRST]
     return names or None
 
 
@@ -85,17 +99,20 @@ def claim(out: storage.RunPath, force: bool = False) -> None:
     """Make `out` this run's folder (write the marker), or refuse if it is someone else's."""
     foreign = _foreign_entries(out)
     if foreign is not None and not force:
-        shown = ", ".join(foreign[:6]) + (f" and {len(foreign) - 6} more" if len(foreign) > 6
-                                          else "")
-        raise OutputError(
-            f"--out {out} is not empty ({shown}) and is not an agentmill run folder (no "
-            f"{MARKER} marker); a run only replaces an empty folder or its own. Choose another "
-            "folder, or pass --force to let the run replace its own entries there ("
-            + ", ".join(RUN_ENTRIES[:12]) + "); nothing else is ever touched"
-        )
+        raise OutputError(_refusal(out, foreign))
     body = json.dumps({"agentmill": "run folder", "claimed": time.time()}) + "\n"
     if not storage.exists(out / MARKER):
         storage.write_text(out / MARKER, body)
+
+
+def _refusal(out: storage.RunPath, foreign: list[str]) -> str:
+    shown = ", ".join(foreign[:6]) + (f" and {len(foreign) - 6} more" if len(foreign) > 6 else "")
+    return (
+        f"--out {out} is not empty ({shown}) and is not an agentmill run folder (no "
+        f"{MARKER} marker); a run only replaces an empty folder or its own. Choose another "
+        "folder, or pass --force to let the run replace its own entries there ("
+        + ", ".join(RUN_ENTRIES[:12]) + "); nothing else is ever touched"
+    )
 
 
 def _holder_text(info: dict[str, Any]) -> str:

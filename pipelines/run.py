@@ -26,7 +26,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from pipelines import outdir, runtime, storage
+from pipelines import outdir, progress, runtime, storage
 from pipelines import resume as checkpoints
 from pipelines.batching import STOP, RunStopped
 from pipelines.card import write_card
@@ -200,6 +200,7 @@ def _run_claimed(
     pipeline = pipeline or in_process_pipeline()
     build(pipeline, config, resume)
     STOP.reset()
+    notes = progress.start_run(config.models.by_role(), {"agents": config.tasks_per_agent})
     try:
         with _graceful_interrupt():
             result = pipeline.run()
@@ -212,6 +213,7 @@ def _run_claimed(
         raise
     finally:
         STOP.reset()  # a stop belongs to this run; pipelines built later start clean
+        progress.end_run(notes)
         runtime.close_models()
     manifest = build_manifest(
         config, out, result, started_at=started, finished_at=time.time(), reused=reused,

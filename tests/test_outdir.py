@@ -64,6 +64,7 @@ def test_the_cli_refuses_a_users_folder_with_exit_2(tmp_path: Path) -> None:
     assert result.exit_code == 2, result.output
     assert "not an agentmill run folder" in result.output
     assert _unchanged(out, files)
+    assert not (out / "agentmill.log").exists()  # refused before its log was opened there
 
 
 def test_force_replaces_only_the_runs_own_entries(tmp_path: Path) -> None:
