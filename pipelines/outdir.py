@@ -70,8 +70,11 @@ before it opens its log there)."""
 
 def check_claimable(out: str, force: bool = False) -> None:
     """Refuse (OutputError) an output a run could not claim, touching nothing: what `claim`
-    would refuse, checked before anything (a log file) is written there."""
+    would refuse, checked before anything (a log file) is written there. An object store gets
+    no log, and is only reached once the run starts (`claim`)."""
     check_path(out)
+    if storage.is_uri(out):
+        return
     foreign = _foreign_entries(storage.run_path(out))
     if foreign is not None and not force:
         raise OutputError(_refusal(storage.run_path(out), foreign))
