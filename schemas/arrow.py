@@ -67,6 +67,7 @@ TASK_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
         ("agent_id", pa.string()),
+        ("slot", pa.int64()),
         ("goal", pa.string()),
         ("user_knows", pa.list_(pa.string())),
         ("user_withholds", pa.list_(pa.string())),

@@ -251,9 +251,17 @@ class Task(Record):
     """What a simulated user wants from an agent, and how success is judged."""
 
     id_prefix: ClassVar[str] = "task"
-    id_skips_defaults: ClassVar[frozenset[str]] = frozenset({"expected_outcome", "workspace"})
+    id_skips_defaults: ClassVar[frozenset[str]] = frozenset(
+        {"expected_outcome", "slot", "workspace"}
+    )
 
     agent_id: str
+    slot: int | None = Field(
+        default=None,
+        description="The task's place in its run (its task index, or its entry in a domain's "
+        "tasks file). Part of the id: two identical tasks in two slots are two tasks, each "
+        "played once, so no stage keyed by task id ever merges them.",
+    )
     goal: str
     user_knows: list[str] = Field(default_factory=list)
     user_withholds: list[str] = Field(default_factory=list)

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from schemas.records import AgentSpec, Failure, Outcome, Rubric, Task, ToolSpec, WorkspaceSpec
 from simulators.workspace_tools import workspace_tool_specs
 from simulators.world import set_path
-from toolspecs.load import load_file
+from toolspecs.load import InputError, load_file, loads_json, read_input
 
 STAGE = "load_domain"
 TASK_FIELDS = {
@@ -63,10 +63,14 @@ class Domain:
 
 
 def _read_json(path: Path) -> Any:
+    """A domain file's JSON: a regular file of bounded size, standard JSON only."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DomainError(f"{path}: cannot read: {exc}") from exc
+        return loads_json(read_input(path))
+    except InputError as exc:
+        raise DomainError(f"cannot read: {exc}" if str(path) in str(exc) else
+                          f"{path}: cannot read: {exc}") from exc
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise DomainError(f"{path}: cannot read: {exc or 'nested too deeply'}") from exc
 
 
 def _task_entries(folder: Path) -> tuple[Path, list[Any]]:
@@ -78,10 +82,13 @@ def _task_entries(folder: Path) -> tuple[Path, list[Any]]:
         return listed, entries
     if lines.exists():
         try:
-            text = lines.read_text(encoding="utf-8")
-            return lines, [json.loads(line) for line in text.splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DomainError(f"{lines}: cannot read: {exc}") from exc
+            text = read_input(lines)
+            return lines, [loads_json(line) for line in text.splitlines() if line.strip()]
+        except InputError as exc:
+            raise DomainError(f"cannot read: {exc}" if str(lines) in str(exc) else
+                              f"{lines}: cannot read: {exc}") from exc
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise DomainError(f"{lines}: cannot read: {exc or 'nested too deeply'}") from exc
     raise DomainError(f"{folder}: no tasks.json or tasks.jsonl")
 
 
@@ -93,7 +100,10 @@ def load_domain(path: str | Path) -> Domain:
     policy_file = folder / "policy.md"
     if not policy_file.exists():
         raise DomainError(f"{policy_file}: a domain needs its policy text")
-    policy = policy_file.read_text(encoding="utf-8").strip()
+    try:
+        policy = read_input(policy_file).strip()
+    except InputError as exc:
+        raise DomainError(f"cannot read: {exc}") from exc
     meta = _read_json(folder / "domain.json") if (folder / "domain.json").exists() else {}
     if not isinstance(meta, dict):
         raise DomainError(f"{folder / 'domain.json'}: must be a JSON object")
@@ -130,10 +140,22 @@ def load_domain(path: str | Path) -> Domain:
     )
     tasks_file, entries = _task_entries(folder)
     names = {t.name for t in tools}
-    tasks = []
+    tasks: list[Task] = []
+    first: dict[str, int] = {}
     for index, entry in enumerate(entries):
         result = _task(entry, index, str(tasks_file), agent, world, names, folder)
-        (tasks if isinstance(result, Task) else failures).append(result)  # type: ignore[arg-type]
+        if isinstance(result, Task) and result.id in first:  # an id the file gives twice
+            result = Failure(
+                stage=STAGE, input_id=f"{tasks_file}#{index}", error_type="DuplicateTaskId",
+                error=f"{tasks_file}: task {index} at /{index}/id: id {result.id!r} is already "
+                f"task {first[result.id]}'s; every task needs its own",
+                source=str(tasks_file),
+            )
+        if isinstance(result, Task):
+            first[result.id] = index
+            tasks.append(result)
+        else:
+            failures.append(result)
     return Domain(agent=agent, tasks=tasks, world=world, failures=failures)
 
 
@@ -224,6 +246,7 @@ def _task(
         task = Task(
             id=str(entry.get("id") or ""),
             agent_id=agent.id,
+            slot=index,
             goal=entry.get("goal"),
             user_knows=entry.get("user_knows") or [],
             user_withholds=entry.get("user_withholds") or [],
