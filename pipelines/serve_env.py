@@ -126,7 +126,7 @@ class EnvServer:
             if now - s.last_used > self.idle_seconds and not s.lock.locked()
         ]
         for sid in stale:
-            del self.sessions[sid]
+            self.sessions.pop(sid).env.close()
         return len(stale)
 
     async def _body(self, request: web.Request, *fields: str) -> dict[str, Any]:
@@ -194,6 +194,7 @@ class EnvServer:
                 raise ApiError(409, "episode_over", str(exc)) from exc
             except EpisodeError as exc:
                 self.sessions.pop(body["session_id"], None)
+                session.env.close()
                 raise ApiError(502, "role_model_failed", str(exc)) from exc
             finally:
                 session.last_used = time.monotonic()
@@ -209,7 +210,7 @@ class EnvServer:
     async def close(self, request: web.Request) -> web.Response:
         body = await self._body(request, "session_id")
         self._session(body)
-        del self.sessions[body["session_id"]]
+        self.sessions.pop(body["session_id"]).env.close()  # a workspace's folder goes too
         return web.json_response({"closed": True})
 
     async def tasks(self, request: web.Request) -> web.Response:

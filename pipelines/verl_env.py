@@ -91,7 +91,13 @@ def _remember(request_id: str, rollout: _Rollout) -> None:
     _live[request_id] = rollout
     _live.move_to_end(request_id)
     while len(_live) > MAX_LIVE_ROLLOUTS:
-        _live.popitem(last=False)
+        _live.popitem(last=False)[1].env.close()
+
+
+def _forget(request_id: str) -> None:
+    rollout = _live.pop(request_id, None)
+    if rollout is not None:
+        rollout.env.close()
 
 
 def live_rollouts() -> int:
@@ -139,10 +145,10 @@ class AgentmillInteraction(BaseInteraction):
             try:
                 result = await rollout.env.step({"role": "assistant", "content": reply}, final=True)
             except (EpisodeOver, InvalidAction, EpisodeError) as exc:
-                _live.pop(instance_id, None)
+                _forget(instance_id)
                 return True, "", 0.0, {"error": str(exc)}
         if result.done:
-            _live.pop(instance_id, None)
+            _forget(instance_id)
             return True, "", result.reward or 0.0, {
                 "reward_parts": result.reward_parts, "end_reason": result.end_reason,
             }
@@ -153,7 +159,7 @@ class AgentmillInteraction(BaseInteraction):
 
     async def finalize_interaction(self, instance_id: str | None = None, **kwargs: Any) -> None:
         if instance_id is not None:
-            _live.pop(instance_id, None)
+            _forget(instance_id)
 
 
 def _last_assistant_text(messages: list[dict[str, Any]]) -> str:
