@@ -1,15 +1,15 @@
 """Any OpenAI-compatible `/chat/completions` server (`vllm serve`, SGLang, a hosted API).
 
-A bare `httpx.AsyncClient` rather than the openai SDK: the SDK spends several milliseconds of CPU
-per request building and validating pydantic objects, and an episode worker with hundreds of
-conversations in flight is bound by that CPU, not by the server.
+Not the openai SDK: it spends several milliseconds of CPU per request building and validating
+pydantic objects, and an episode worker with hundreds of conversations in flight is bound by that
+CPU, not by the server. Requests go through `simulators.llm.http`, a small keep-alive HTTP/1.1
+client (~0.3 ms of CPU per request where httpx spent ~1.5-2: `benchmarks/openai_client_cpu.py`).
 
-Connections total `max_in_flight`: httpx caps a pool at 100 by default, which would silently cap
-concurrency below what the config asks for. They are split over several small pools, because
+httpx stays for what that client does not do: a proxy from the environment (`HTTPS_PROXY`...)
+and in-process transports (`simulators.llm.faults`, tests). Its connections total
+`max_in_flight` (httpx caps a pool at 100 by default), split over several small pools, because
 httpcore's pool scans every connection for every other one each time a request starts or ends
-(quadratic in the pool size): one pool of 64 connections cost ~9 ms of CPU per request here, eight
-pools of 8 cost ~0.9 ms. Pools of 4 cost ~0.4 ms less than pools of 8 per request again in whole
-episodes at 256 in flight (benchmarks/throughput.py), where connections sit idle between turns.
+(quadratic in the pool size).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from simulators.llm.base import (
     RawCompletion,
     Sampling,
 )
+from simulators.llm.http import HttpClient, TransportError, uses_proxy
 from simulators.llm.registry import ModelConfig
 
 RETRYABLE_4XX = frozenset({408, 429})
@@ -72,6 +73,7 @@ class OpenAIChatModel(ConstrainedChatModel):
         self.retries = 0
         self._url = config.base_url.rstrip("/") + "/chat/completions"
         self._secret = config.api_key.get_secret_value() if config.api_key else ""
+        self._client: HttpClient | None = None
         self._pools: list[httpx.AsyncClient] = []
         self._free: list[int] = []
         self._semaphore: asyncio.Semaphore | None = None
@@ -100,6 +102,11 @@ class OpenAIChatModel(ConstrainedChatModel):
             )
             if self._tls is None:  # building one costs ~20 ms; share it across pools and loops
                 self._tls = httpx.create_ssl_context()
+            self._semaphore = asyncio.Semaphore(limit)
+            self._loop = loop
+            if self._transport is None and not uses_proxy(self._url):
+                self._client = HttpClient(self._url, headers, self.config.timeout_s, self._tls)
+                return self._semaphore
             self._pools = [
                 httpx.AsyncClient(
                     verify=self._tls,
@@ -114,14 +121,13 @@ class OpenAIChatModel(ConstrainedChatModel):
                 for size in sizes
             ]
             self._free = sizes
-            self._semaphore = asyncio.Semaphore(limit)
-            self._loop = loop
         return self._semaphore
 
     async def close(self) -> None:
         """Close the connection pools; safe to call twice or from another loop."""
-        pools, loop = self._pools, self._loop
+        pools, client, loop = self._pools, self._client, self._loop
         self._pools, self._free, self._semaphore, self._loop = [], [], None, None
+        self._client = None
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
@@ -129,9 +135,14 @@ class OpenAIChatModel(ConstrainedChatModel):
         if running is loop:
             for pool in pools:
                 await pool.aclose()
+            if client is not None:
+                await client.aclose()
 
-    async def _send(self, payload: bytes) -> httpx.Response:
-        """POST on the pool with most free connections; under the bound one always has a slot."""
+    async def _send(self, payload: bytes) -> httpx.Response | Any:
+        """POST on the lean client, or on the httpx pool with most free connections (under the
+        bound one always has a slot)."""
+        if self._client is not None:
+            return await self._client.post(payload)
         pools, free = self._pools, self._free
         index = free.index(max(free))
         free[index] -= 1
@@ -157,7 +168,12 @@ class OpenAIChatModel(ConstrainedChatModel):
                 retry_after: float | None = None
                 try:
                     response = await self._send(payload)
-                except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as e:
+                except (
+                    TransportError,
+                    httpx.TimeoutException,
+                    httpx.NetworkError,
+                    httpx.RemoteProtocolError,
+                ) as e:
                     problem = f"{type(e).__name__}"
                 except httpx.HTTPError as e:
                     raise ModelError(f"{self.name}: {type(e).__name__} for {self._url}") from None
