@@ -69,17 +69,35 @@ class CheckContext:
     _validators: dict[str, Validator | SchemaError] = field(default_factory=dict, repr=False)
 
     def validator(self, name: str) -> Validator | SchemaError:
-        """The tool's argument validator, built once per run (or the error its schema raised)."""
+        """The tool's argument validator (or the error its schema raised)."""
         if name not in self._validators:
-            schema = self.tools[name].parameters
-            cls = validator_for(schema, default=Draft202012Validator)
-            try:
-                cls.check_schema(schema)
-                # An empty registry: a remote `$ref` is unresolvable, never fetched.
-                self._validators[name] = cls(schema, registry=referencing.Registry())
-            except SchemaError as exc:
-                self._validators[name] = exc
+            self._validators[name] = _argument_validator(self.tools[name])
         return self._validators[name]
+
+
+_VALIDATORS: dict[str, Validator | SchemaError] = {}
+VALIDATORS_KEPT = 4096
+
+
+def _argument_validator(tool: ToolSpec) -> Validator | SchemaError:
+    """A tool's argument validator, built once per process and tool (its id hashes its schema):
+    checking a schema against the metaschema cost more than all the rest of a trajectory's
+    checks when it was done for every trajectory."""
+    key = f"{tool.id}:{tool.name}"
+    found = _VALIDATORS.get(key)
+    if found is None:
+        schema = tool.parameters
+        cls = validator_for(schema, default=Draft202012Validator)
+        try:
+            cls.check_schema(schema)
+            # An empty registry: a remote `$ref` is unresolvable, never fetched.
+            found = cls(schema, registry=referencing.Registry())
+        except SchemaError as exc:
+            found = exc
+        if len(_VALIDATORS) >= VALIDATORS_KEPT:
+            _VALIDATORS.clear()
+        _VALIDATORS[key] = found
+    return found
 
 
 Check = Callable[[Trajectory, CheckContext], list[str]]

@@ -6,6 +6,7 @@ same ids and duplicates show up as equal ids rather than as near-identical rows.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -81,13 +82,22 @@ class Record(BaseModel):
     def _fill_id(self) -> Record:
         if not self.id:
             excluded = {"id", *self.id_excludes}
-            for name in self.id_skips_defaults:
-                info = type(self).model_fields[name]
-                if getattr(self, name) == info.get_default(call_default_factory=True):
+            for name, default in _id_defaults(type(self)).items():
+                if getattr(self, name) == default:
                     excluded.add(name)
             body = self.model_dump(mode="json", exclude=excluded)
             object.__setattr__(self, "id", content_id(self.id_prefix, body))
         return self
+
+
+@functools.cache
+def _id_defaults(cls: type[Record]) -> dict[str, Any]:
+    """The defaults of `cls.id_skips_defaults`, computed once per class: pydantic inspects a
+    default factory's signature on every `get_default` call, a large share of a record's cost."""
+    return {
+        name: cls.model_fields[name].get_default(call_default_factory=True)
+        for name in cls.id_skips_defaults
+    }
 
 
 class ToolSpec(Record):

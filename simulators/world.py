@@ -15,6 +15,7 @@ the tools' own schemas with Faker, so the records are the ones the tools read an
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import random
 import re
@@ -369,15 +370,45 @@ def _flat_schema(schema: dict[str, Any]) -> bool:
     return kind not in ("object", "array") and "properties" not in schema
 
 
+_WORLDS: dict[tuple[Any, ...], str] = {}
+WORLDS_KEPT = 1024
+
+
+@functools.cache
+def _faker(locale: str) -> Faker:
+    """One Faker per locale and process (building one costs ~3 ms); reseeded per world."""
+    return Faker(locale)
+
+
 def build_world(tools: Iterable[ToolSpec], key: str, per_collection: int = RECORDS_PER_COLLECTION,
                 locale: str = "en_US") -> JsonObject:
     """An initial world for `tools`, determined by `key`: Faker records for every collection.
 
     Every field value is valid against the schema the tools declare for it, and id fields that
-    point into another collection hold one of that collection's ids.
+    point into another collection hold one of that collection's ids. Every task of an agent
+    starts from the same world, so the last worlds built are kept (as JSON: each caller gets
+    its own copy to change).
     """
     tools = list(tools)
-    fake = Faker(locale)
+    cache_key = (key, per_collection, locale, tuple(t.id for t in tools))
+    kept = _WORLDS.get(cache_key)
+    if kept is not None:
+        return json.loads(kept)
+    world = _build_world(tools, key, per_collection, locale)
+    try:
+        text = json.dumps(world)
+    except (TypeError, ValueError):  # a value JSON cannot hold: not kept
+        return world
+    if len(_WORLDS) >= WORLDS_KEPT:
+        _WORLDS.clear()
+    _WORLDS[cache_key] = text
+    return json.loads(text)
+
+
+def _build_world(
+    tools: list[ToolSpec], key: str, per_collection: int, locale: str
+) -> JsonObject:
+    fake = _faker(locale)
     seed = random.Random(key).getrandbits(32)
     fake.seed_instance(seed)
     rng = random.Random(seed)
