@@ -49,6 +49,7 @@ def run_cli(
     out: Path,
     beam_args: list[str] | None = None,
     profile: Path | None = None,
+    in_flight: int | None = None,
 ) -> dict[str, Any]:
     """`agentmill run` in a child process; its wall time, CPU (with its own children) and peak
     memory from `wait4`, and where its console output went."""
@@ -56,6 +57,10 @@ def run_cli(
         sys.executable, "-m", "pipelines.cli", "run", "--episodes", str(episodes),
         "--backend", "openai", "--model", "sim", "--base-url", base_url, "--out", str(out),
     ]
+    if in_flight is not None:  # not a CLI flag: a config file with it
+        config = out.with_suffix(".yaml")
+        config.write_text(json.dumps({"in_flight": in_flight}))
+        command += ["--config", str(config)]
     if beam_args:
         command += ["--", *beam_args]
     if profile is not None:
@@ -124,7 +129,8 @@ def whole(args: argparse.Namespace, work: Path) -> None:
     profile = work / "whole.pyspy.txt" if args.profile else None
     with start_server(cap) as server:
         server.reset()
-        run = run_cli(args.episodes, server.base_url, out, profile=profile)
+        run = run_cli(args.episodes, server.base_url, out, profile=profile,
+                      in_flight=args.in_flight)
         stats = server.stats(times=True)
     report_whole(run, stats)
     if profile is not None:
@@ -212,6 +218,7 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=256)
     parser.add_argument("--token-ms", type=float, default=20.0)
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--in-flight", type=int, help="the run's in_flight (default: its own)")
     parser.add_argument("--cpu-episodes", type=int, default=600)
     parser.add_argument("--cpu-answer-ms", type=float, default=50.0)
     parser.add_argument("--profile", action="store_true", help="record the whole run with py-spy")
