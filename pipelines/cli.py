@@ -60,14 +60,28 @@ def run(
             help="Run tools whose spec names an entrypoint as real Python (trusted specs only).",
         ),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Let the run replace its own entries (sft/, tasks/, manifest.json...) in a "
+            "non-empty folder that is not an agentmill run; nothing else there is touched.",
+        ),
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v",
+            help="Also show vLLM's and other libraries' warnings and one line per finished item "
+            "(OUT/agentmill.log keeps them either way).",
+        ),
+    ] = False,
 ) -> None:
     """Run the mill end to end and write the output folder (sft/, rl/, manifest.json...).
 
     Arguments after `--` go to Beam, e.g. `-- --runner=DataflowRunner --project=P ...`;
     without them the mill runs in process.
     """
-    # vLLM logs every engine step at INFO; keep the terminal for agentmill's progress lines.
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     from pipelines.config import ROLES, ConfigError, load_config
 
     overrides: dict[str, Any] = {"out": out, "episodes": episodes, "seed": seed}
@@ -88,23 +102,51 @@ def run(
         err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
     if cfg.domain:
+        from simulators.sandbox import SandboxUnavailable, require_sandbox
         from toolspecs.domain import DomainError, load_domain
 
         try:
-            load_domain(cfg.domain)
-        except DomainError as exc:
+            if any(task.workspace is not None for task in load_domain(cfg.domain).tasks):
+                require_sandbox()  # tasks with files run code: refuse, never run it unconfined
+        except (DomainError, SandboxUnavailable) as exc:
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
-    _preflight_or_exit(cfg)
+    beam_args = [a for a in ctx.args if a != "--"]
+    # A job on remote workers may reach servers this machine cannot: check names, not sockets.
+    remote_runner = any(a.startswith("--runner") and "direct" not in a.lower() for a in beam_args)
+    _preflight_or_exit(cfg, probe=not remote_runner)
 
+    from pipelines.console import log_path_for, run_console
+    from pipelines.outdir import OutputError, check_claimable
+
+    try:  # before the log is opened there: a folder that is not ours gets nothing written
+        check_claimable(cfg.out, force)
+    except OutputError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from exc
+    with run_console(log_path_for(cfg.out), verbose):
+        _run_and_report(cfg, beam_args, force)
+
+
+def _run_and_report(cfg: Any, beam_args: list[str], force: bool = False) -> None:
+    """Run the mill, then say how it went: the counts, the top failure reasons, the exit code."""
     from pipelines.batching import RunStopped
     from pipelines.dataflow import pipeline_from_args
+    from pipelines.outdir import OutputError
+    from pipelines.progress import BOARD
     from pipelines.run import run as run_mill
 
-    beam_args = [a for a in ctx.args if a != "--"]
     try:
-        manifest = run_mill(cfg, pipeline_from_args(beam_args) if beam_args else None)
+        manifest = run_mill(cfg, pipeline_from_args(beam_args) if beam_args else None, force=force)
+    except OutputError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from exc
     except RunStopped as exc:
+        reasons = BOARD.reasons()[:5]
+        if reasons:
+            err.print("top failure reasons:")
+            for stage, reason, n in reasons:
+                err.print(f"  {n} × {stage}: {escape(reason)}", highlight=False, soft_wrap=True)
         err.print(f"[yellow]{escape(str(exc))}[/yellow]", soft_wrap=True)
         raise typer.Exit(exc.exit_code) from exc
     reused = manifest.get("resume", {}).get("reused", {})
@@ -159,11 +201,11 @@ def _flag_sources(overrides: dict[str, Any]) -> dict[str, str]:
     return sources
 
 
-def _preflight_or_exit(cfg: Any) -> None:
+def _preflight_or_exit(cfg: Any, probe: bool = True) -> None:
     """Stop before anything is written when the run cannot work (exit 2), naming why."""
     from pipelines.preflight import preflight
 
-    found = preflight(cfg)
+    found = preflight(cfg, probe)
     for warning in found.warnings:
         err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
     if found.ok:

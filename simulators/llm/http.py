@@ -35,6 +35,10 @@ class TransportTimeout(TransportError):
     """No complete response within the request's time limit."""
 
 
+class ConnectFailed(TransportError):
+    """No connection could be made: nothing listening, or the connect timed out."""
+
+
 @dataclass
 class Response:
     """A status, lower-cased headers and the (decoded) body."""
@@ -270,9 +274,9 @@ class HttpClient:
                 max(0.001, deadline - loop.time()),
             )
         except TimeoutError:
-            raise TransportTimeout(f"connecting to {self.host}:{self.port} timed out") from None
+            raise ConnectFailed(f"connecting to {self.host}:{self.port} timed out") from None
         except OSError as error:
-            raise TransportError(f"cannot connect to {self.host}:{self.port}: {error}") from None
+            raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {error}") from None
         self._open.add(connection)
         return connection
 
