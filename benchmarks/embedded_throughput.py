@@ -141,7 +141,7 @@ def main() -> None:
     from pipelines import runtime
     from schemas import arrow
     from schemas.records import AgentSpec, Task
-    from simulators.llm.registry import ModelConfig
+    from simulators.llm.config import ModelConfig
 
     with tempfile.TemporaryDirectory(prefix="agentmill-embedded-") as tmp:
         inputs = make_inputs(Path(tmp), 256, agents=args.agents)

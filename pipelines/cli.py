@@ -534,7 +534,7 @@ def synth_command(
     """Grow a taxonomy and evolve new tools from seeds; dedup; write the pool and its report."""
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     from pipelines.pool import PoolConfig, run_synth
-    from simulators.llm.registry import ModelConfig
+    from simulators.llm.config import ModelConfig
 
     fields: dict[str, Any] = {"backend": backend, "model": model, "base_url": base_url}
     api_key = os.environ.get("AGENTMILL_API_KEY") or os.environ.get("OPENAI_API_KEY")

@@ -42,7 +42,7 @@ from pipelines.stages import LoadToolSpecs, fixed_batches, stable_seed
 from schemas import arrow
 from schemas.records import Failure, TokenCount, ToolSpec, canonical_json
 from simulators.llm.base import Sampling
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 from toolspecs import dedup as dd
 from toolspecs.importers import Format, import_paths, report
 from toolspecs.load import LIBRARY

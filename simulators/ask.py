@@ -18,7 +18,8 @@ import referencing
 from jsonschema.validators import validator_for
 
 from schemas.records import Message, TokenCount
-from simulators.llm.base import ChatModel, Completion, ModelError, ModelOutputError, Sampling
+from simulators.llm.base import ChatModel, Completion, Sampling
+from simulators.llm.errors import ModelError, ModelOutputError
 
 Usage = dict[str, TokenCount]
 

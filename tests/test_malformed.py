@@ -25,7 +25,7 @@ from schemas.records import AgentSpec, Failure, Persona, Task, ToolSpec, Traject
 from simulators.ask import RoleOutputError
 from simulators.episode import EpisodeConfig, EpisodeError, RoleClients, run_episode
 from simulators.llm import registry
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 from simulators.llm.scripted import ScriptedModel
 from tests import helpers
 from toolspecs.load import load_paths

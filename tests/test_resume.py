@@ -20,7 +20,7 @@ from pipelines.resume import STAGES, WORK, Resume, checkpoint_rows, work_key, wr
 from pipelines.run import run
 from schemas.records import Task
 from simulators.llm import registry
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 from simulators.llm.scripted import ScriptedModel
 from tests.helpers import agent, role_model, task
 from tests.test_pipeline import scripted_config

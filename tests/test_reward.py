@@ -19,7 +19,7 @@ from schemas.records import (
     Trajectory,
 )
 from simulators.llm import registry
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 from tests import helpers
 from tests.helpers import role_model
 

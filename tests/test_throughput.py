@@ -28,7 +28,7 @@ from pipelines.stages import RunEpisodes
 from schemas.records import AgentSpec, Task
 from simulators.llm import registry
 from simulators.llm.base import ConstrainedChatModel, RawCompletion, Sampling
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 from simulators.llm.scripted import ScriptRequest, schema_instance
 from tests import helpers
 

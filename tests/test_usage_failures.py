@@ -20,7 +20,7 @@ from pipelines.run import run
 from pipelines.stages import stable_seed
 from simulators.llm import registry
 from simulators.llm.base import RawCompletion, Sampling
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 from simulators.llm.scripted import ScriptedModel, ScriptRequest, schema_instance
 from tests import helpers
 from tests.test_pipeline import scripted_config
