@@ -559,6 +559,15 @@ def synth_command(
         raise typer.Exit(1)
 
 
+def _register_rl_commands() -> None:
+    from pipelines.rl_cli import register
+
+    register(app)
+
+
+_register_rl_commands()
+
+
 def main() -> None:
     app()
 
