@@ -41,7 +41,7 @@ from pipelines.stages import stable_seed
 from schemas.arrow import _TRAJECTORY_FIELDS, FAILURE_SCHEMA, to_row
 from schemas.records import Failure, RLTask, canonical_json
 from simulators.episode import drive
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 
 ROLLOUT_SCHEMA = pa.schema(
     [
