@@ -67,7 +67,7 @@ def phase(
 ) -> dict[str, float]:
     """Episodes `in_flight` at a time until the budget ends; tokens/s over the measured part."""
     from pipelines import runtime
-    from pipelines.stages import stable_seed
+    from pipelines.shared import stable_seed
     from simulators.episode import EpisodeConfig, RoleClients, run_episode
     from simulators.persona import make_persona
 

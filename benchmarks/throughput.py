@@ -147,7 +147,7 @@ def run_stage(config: Any, inputs: Path, out: Path) -> Any:
     """tasks.parquet -> RunEpisodes -> trajectories/ and failures/ Parquet (the mill's own
     streaming sink, `WriteRecords`), on FnApiRunner."""
     from pipelines.parquet_io import WriteRecords
-    from pipelines.run import in_process_pipeline
+    from pipelines.shared import in_process_pipeline
     from pipelines.stages import RunEpisodes
     from schemas import arrow
 
@@ -228,9 +228,9 @@ def read_column(file: Path, name: str) -> list[Any]:
 
 
 def token_metrics(result: Any) -> dict[str, dict[str, Any]]:
-    from pipelines.manifest import _metrics
+    from pipelines.shared import pipeline_metrics
 
-    return _metrics(result)[0]
+    return pipeline_metrics(result)[0]
 
 
 def openai_model(base_url: str, max_in_flight: int | None = None) -> dict[str, Any]:

@@ -494,8 +494,7 @@ def import_command(
     out: Annotated[Path, typer.Option(help="Folder for specs/, failures/, import_report.json.")],
 ) -> None:
     """Convert real specs to ToolSpecs: known flaws repaired, the rest refused; with a report."""
-    from pipelines.pool import import_specs
-    from toolspecs.importers import FORMATS
+    from toolspecs.importers import FORMATS, import_specs
 
     if source not in FORMATS:
         err.print(f"[red]error:[/red] --from must be one of {', '.join(FORMATS)}, not {source!r}")

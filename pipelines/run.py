@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from pipelines import resume as checkpoints
 from pipelines import runtime, storage
@@ -33,12 +31,12 @@ from pipelines.card import write_card
 from pipelines.config import RunConfig
 from pipelines.manifest import build_manifest
 from pipelines.parquet_io import OUTPUT_FOLDERS, WriteRecords
+from pipelines.shared import LoadToolSpecs, in_process_pipeline
 from pipelines.stages import (
     ComposeAgents,
     GenerateTasks,
     JudgeTrajectories,
     LoadDomain,
-    LoadToolSpecs,
     RunEpisodes,
     join_tasks_with_agents,
     join_trajectories_with_tasks,
@@ -139,11 +137,6 @@ def build(
 
 def _failure_row(failure: Failure) -> dict[str, Any]:
     return arrow.to_row(failure)
-
-
-def in_process_pipeline() -> beam.Pipeline:
-    """A pipeline on the in-process portable runner: no Prism binary, shared model clients."""
-    return beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions([]))
 
 
 def run(config: RunConfig, pipeline: beam.Pipeline | None = None) -> dict[str, Any]:

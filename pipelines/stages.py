@@ -5,7 +5,6 @@ stage's Parquet output.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -19,6 +18,7 @@ from pipelines.batching import FAILURES, AsyncBatchFn, Handled, failure_from, us
 from pipelines.config import RunConfig
 from pipelines.resume import StageControl
 from pipelines.runtime import model
+from pipelines.shared import fixed_batches, stable_seed
 from schemas.records import (
     AgentSpec,
     Failure,
@@ -34,26 +34,10 @@ from simulators.episode import RoleClients, agent_system_message, run_episode
 from simulators.persona import make_persona
 from toolspecs.compose import DIFFICULTIES, choose_tools, write_agent, write_task
 from toolspecs.domain import load_domain
-from toolspecs.load import load_file, spec_files
 
 JUDGE_INPUTS = "judge_inputs"
 PAIRS = "pairs"
 """Tagged output of the task stage: each new task with its agent, for the episode stage."""
-
-
-def stable_seed(*parts: object) -> int:
-    """A 31-bit seed from `parts`, stable across processes (unlike `hash`)."""
-    text = ":".join(str(p) for p in parts)
-    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
-
-
-def fixed_batches(size: int) -> beam.BatchElements:
-    """Batches of `size` (fewer at a bundle's end).
-
-    Beam's default adaptive batching starts at one element and grows with measured time, which
-    would run the first episodes one at a time and leave the engine idle.
-    """
-    return beam.BatchElements(min_batch_size=size, max_batch_size=size)
 
 
 def _one(element: Any) -> list[Any]:
@@ -71,32 +55,6 @@ def _controlled(fn: AsyncBatchFn, control: StageControl | None) -> AsyncBatchFn:
     """`fn` with checkpointing, skipping and the failure brake of `control` (None: off)."""
     fn.control = control
     return fn
-
-
-class _LoadFileFn(beam.DoFn):
-    def process(self, path: str) -> Iterator[Any]:
-        for item in load_file(path):
-            if isinstance(item, Failure):
-                yield beam.pvalue.TaggedOutput(FAILURES, item)
-            else:
-                yield item
-
-
-class LoadToolSpecs(beam.PTransform):
-    """Spec files -> ToolSpecs (main output) and Failures (tagged `failures`)."""
-
-    def __init__(self, paths: list[str]) -> None:
-        super().__init__()
-        self.paths = paths
-
-    def expand(self, pbegin: beam.pvalue.PBegin) -> Any:
-        files = [str(p) for p in spec_files(self.paths)]
-        return (
-            pbegin
-            | "SpecFiles" >> beam.Create(files)
-            | "Reshuffle" >> beam.Reshuffle()
-            | "Load" >> beam.ParDo(_LoadFileFn()).with_outputs(FAILURES, main="specs")
-        )
 
 
 class _RunFn(AsyncBatchFn):
@@ -405,10 +363,8 @@ __all__ = [
     "JudgeTrajectories",
     "Judgement",
     "LoadDomain",
-    "LoadToolSpecs",
     "RunEpisodes",
     "join_tasks_with_agents",
     "join_trajectories_with_tasks",
     "rl_task",
-    "stable_seed",
 ]

@@ -19,7 +19,7 @@ import pytest
 from filters.judge import JudgeError, judge
 from pipelines import runtime
 from pipelines.config import ROLES, ConfigError, load_config
-from pipelines.run import in_process_pipeline
+from pipelines.shared import in_process_pipeline
 from pipelines.stages import RunEpisodes
 from schemas.records import AgentSpec, Failure, Persona, Task, ToolSpec, Trajectory
 from simulators.ask import RoleOutputError

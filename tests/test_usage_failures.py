@@ -17,7 +17,7 @@ import pytest
 
 from filters.judge import JudgeError, judge
 from pipelines.run import run
-from pipelines.stages import stable_seed
+from pipelines.shared import stable_seed
 from simulators.llm import registry
 from simulators.llm.base import RawCompletion, Sampling
 from simulators.llm.config import ModelConfig

@@ -3,7 +3,8 @@
 Real specs are messy in known ways. Each known flaw gets a conservative repair that keeps the
 tool's meaning and is recorded by name; anything else is refused with the file, the tool and the
 reason, and the import goes on with the rest. After repair, every tool passes the same validation
-as an authored spec (`toolspecs.load.parse_entry`).
+as an authored spec (`toolspecs.load.parse_entry`). `import_specs` writes the result where the
+mill reads it: specs as JSONL, refusals as Parquet Failures, and a report.
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from schemas.records import FUNCTION_NAME, Failure, ToolSpec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas import arrow
+from schemas.records import FUNCTION_NAME, Failure, ToolSpec, canonical_json
 from toolspecs.load import SpecProblem, _pointer, _slug, parse_entry, spec_files
 
 Format = Literal["mcp", "openai", "bfcl"]
@@ -475,3 +480,33 @@ def report(outcomes: list[ImportOutcome], fmt: Format, inputs: list[str]) -> dic
         "domains": dict(sorted(domains.items())),
         "details": [o.summary() for o in outcomes if o.status != "imported"],
     }
+
+
+def import_specs(paths: list[str], fmt: Format, out: str | Path) -> dict[str, Any]:
+    """Import `paths` as `fmt`: DIR/specs/<fmt>.jsonl, DIR/failures/, DIR/import_report.json."""
+    out = Path(out)
+    outcomes = list(import_paths(paths, fmt))
+    (out / "specs").mkdir(parents=True, exist_ok=True)
+    # One line per source tool list ({"tools": [...]}), so names stay unique per list as the
+    # loader requires, while two MCP servers in one file may both have, say, `search`.
+    lists: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for outcome in outcomes:
+        if outcome.spec is not None:
+            entry = outcome.pointer.removesuffix("/function")
+            tool_list = (outcome.file, entry.rpartition("/")[0])
+            lists[tool_list].append(outcome.spec.model_dump(mode="json"))
+    with (out / "specs" / f"{fmt}.jsonl").open("w", encoding="utf-8") as handle:
+        for specs in lists.values():
+            handle.write(canonical_json({"tools": specs}) + "\n")
+    failures = [o.failure for o in outcomes if o.failure is not None]
+    (out / "failures").mkdir(exist_ok=True)
+    for old in (out / "failures").glob("*.parquet"):
+        old.unlink()
+    pq.write_table(
+        pa.Table.from_pylist([arrow.to_row(f) for f in failures], schema=arrow.FAILURE_SCHEMA),
+        out / "failures" / "part-00000-of-00001.parquet",
+    )
+    summary = report(outcomes, fmt, [str(p) for p in paths])
+    (out / "import_report.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False)
+                                            + "\n", encoding="utf-8")
+    return summary
