@@ -22,8 +22,8 @@ from pipelines.shared import fixed_batches, stable_seed
 from schemas.records import (
     AgentSpec,
     Failure,
+    JudgedTrajectory,
     Judgement,
-    RejectedTrajectory,
     RLTask,
     Task,
     TokenCount,
@@ -66,7 +66,10 @@ class _RunFn(AsyncBatchFn):
 
 
 class _RunStage(beam.PTransform):
-    """A stage of the run: its config and, when the run checkpoints, its control."""
+    """A stage of the run: its config and, when the run checkpoints, its control; `codec` (its
+    DoFn class) says how its finished work is checkpointed and read back."""
+
+    codec: type[AsyncBatchFn]
 
     def __init__(self, config: RunConfig, control: StageControl | None = None) -> None:
         super().__init__()
@@ -98,9 +101,18 @@ class _ComposeAgentFn(_RunFn):
     def checkpoint_key(self, slot: int) -> str:
         return str(slot)
 
+    def encode(self, slot: int, output: tuple[int, AgentSpec]) -> tuple[AgentSpec, str]:
+        return output[1], ""
+
+    @staticmethod
+    def decode(key: str, record: str) -> tuple[int, AgentSpec]:
+        return int(key), AgentSpec.model_validate_json(record)
+
 
 class ComposeAgents(_RunStage):
     """ToolSpec pool -> (slot, AgentSpec) for every agent the run needs, plus Failures."""
+
+    codec = _ComposeAgentFn
 
     def expand(self, specs: Any) -> Any:
         n_agents = math.ceil(self.config.episodes / self.config.tasks_per_agent)
@@ -140,6 +152,22 @@ class _WriteTaskFn(_RunFn):
     def checkpoint_key(self, element: tuple[int, AgentSpec]) -> str:
         return str(element[0])
 
+    def encode(self, element: tuple[int, AgentSpec], output: Task) -> tuple[Task, str]:
+        return output, element[1].id
+
+    @staticmethod
+    def decode(key: str, record: str) -> Task:
+        return Task.model_validate_json(record)
+
+    @staticmethod
+    def attach(task: Task, agent: AgentSpec) -> tuple[Task, AgentSpec]:
+        """A reused task with its agent, as the `pairs` output carries new ones."""
+        return task, agent
+
+    @staticmethod
+    def parent_id(agent: AgentSpec) -> str:
+        return agent.id
+
     def also(self, element: tuple[int, AgentSpec], outputs: list[Any]) -> list[Any]:
         return [beam.pvalue.TaggedOutput(PAIRS, (outputs[0], element[1]))]
 
@@ -152,6 +180,8 @@ class GenerateTasks(_RunStage):
     written: joining tasks with agents by key instead is a barrier that left the engine idle
     from the last task written to the first episode started (~21 s at 1,500 episodes).
     """
+
+    codec = _WriteTaskFn
 
     def expand(self, agents: Any) -> Any:
         per, total = self.config.tasks_per_agent, self.config.episodes
@@ -237,6 +267,24 @@ class _EpisodeFn(_RunFn):
     def checkpoint_key(self, element: tuple[Task, AgentSpec]) -> str:
         return element[0].id
 
+    def encode(
+        self, element: tuple[Task, AgentSpec], output: Trajectory
+    ) -> tuple[Trajectory, str]:
+        return output, element[0].id
+
+    @staticmethod
+    def decode(key: str, record: str) -> Trajectory:
+        return Trajectory.model_validate_json(record)
+
+    @staticmethod
+    def attach(trajectory: Trajectory, task: Task) -> tuple[Trajectory, Task]:
+        """A reused trajectory with its task, as the `judge_inputs` output carries new ones."""
+        return trajectory, task
+
+    @staticmethod
+    def parent_id(task: Task) -> str:
+        return task.id
+
     def also(self, element: tuple[Task, AgentSpec], outputs: list[Any]) -> list[Any]:
         return [beam.pvalue.TaggedOutput(JUDGE_INPUTS, (outputs[0], element[0]))]
 
@@ -250,6 +298,8 @@ class RunEpisodes(_RunStage):
     judge takes the pairs as they come: joining trajectories with tasks by key instead would
     hold every trajectory in the in-process runner's memory until the last episode ended.
     """
+
+    codec = _EpisodeFn
 
     def expand(self, pairs: Any) -> Any:
         return (
@@ -287,16 +337,13 @@ class _JudgeFn(_RunFn):
             judgement = result.judgement
         # The outcome reward is recorded beside the verdict; the verdict alone decides sft/.
         judgement = with_reward(judgement, score_trajectory(trajectory, task))
-        if judgement.passed:
-            return [(trajectory, judgement)], usage
-        rejected = RejectedTrajectory(trajectory=trajectory, judgement=judgement)
-        return [beam.pvalue.TaggedOutput("rejected", rejected)], usage
+        return [JudgedTrajectory(trajectory=trajectory, judgement=judgement)], usage
 
     def note(self, outputs: list[Any]) -> str:
-        if isinstance(outputs[0], tuple):
-            return f"passed (score {outputs[0][1].score:.2f})"
-        rejected: RejectedTrajectory = outputs[0].value
-        why = rejected.judgement.failed_checks[:1] or [f"score {rejected.judgement.score:.2f}"]
+        judgement = outputs[0].judgement
+        if judgement.passed:
+            return f"passed (score {judgement.score:.2f})"
+        why = judgement.failed_checks[:1] or [f"score {judgement.score:.2f}"]
         return f"rejected: {why[0][:70]}"
 
     def failure(self, element: tuple[Trajectory, Task], error: BaseException) -> Failure:
@@ -305,9 +352,29 @@ class _JudgeFn(_RunFn):
     def checkpoint_key(self, element: tuple[Trajectory, Task]) -> str:
         return element[0].id
 
+    def encode(
+        self, element: tuple[Trajectory, Task], output: JudgedTrajectory
+    ) -> tuple[Judgement, str]:
+        """Only the verdict: the trajectory is in the episodes' checkpoint already."""
+        return output.judgement, output.trajectory.id
+
+    @staticmethod
+    def decode(key: str, record: str) -> Judgement:
+        return Judgement.model_validate_json(record)
+
+    @staticmethod
+    def attach(judgement: Judgement, trajectory: Trajectory) -> JudgedTrajectory:
+        return JudgedTrajectory(trajectory=trajectory, judgement=judgement)
+
+    @staticmethod
+    def parent_id(trajectory: Trajectory) -> str:
+        return trajectory.id
+
 
 class JudgeTrajectories(_RunStage):
-    """(Trajectory, Task) -> passing (Trajectory, Judgement), `rejected`, and `failures`."""
+    """(Trajectory, Task) -> JudgedTrajectory whatever the verdict, and `failures`."""
+
+    codec = _JudgeFn
 
     def expand(self, pairs: Any) -> Any:
         return (
@@ -315,25 +382,8 @@ class JudgeTrajectories(_RunStage):
             | streamed("BatchJudging")
             | "Judge"
             >> beam.ParDo(_controlled(_JudgeFn(self.config), self.control))
-            .with_outputs(FAILURES, "rejected", main="passed")
+            .with_outputs(FAILURES, main="judged")
         )
-
-
-def join_trajectories_with_tasks(trajectories: Any, tasks: Any) -> Any:
-    keyed_t = trajectories | "KeyTrajectories" >> beam.Map(lambda t: (t.task_id, t))
-    keyed_tasks = tasks | "KeyTasksForJudge" >> beam.Map(lambda t: (t.id, t))
-
-    def pairs(element: tuple[str, dict[str, list[Any]]]) -> Iterator[tuple[Trajectory, Task]]:
-        _, grouped = element
-        for task in grouped["task"][:1]:
-            for trajectory in grouped["trajectories"]:
-                yield trajectory, task
-
-    return (
-        {"trajectories": keyed_t, "task": keyed_tasks}
-        | "JoinForJudge" >> beam.CoGroupByKey()
-        | "JudgePairs" >> beam.FlatMap(pairs)
-    )
 
 
 def rl_task(pair: tuple[Task, AgentSpec]) -> RLTask:
@@ -365,6 +415,5 @@ __all__ = [
     "LoadDomain",
     "RunEpisodes",
     "join_tasks_with_agents",
-    "join_trajectories_with_tasks",
     "rl_task",
 ]

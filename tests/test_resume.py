@@ -72,6 +72,31 @@ def test_rerun_reuses_every_finished_stage_and_asks_the_model_nothing(tmp_path: 
     _assert_complete(out, 5)
 
 
+def test_reused_work_rebuilds_every_row_exactly_passed_and_rejected_alike(
+    tmp_path: Path,
+) -> None:
+    """Each stage reads its checkpoint back in the shape it emits: a rerun that reuses
+    everything writes the same rows, verdicts of both kinds included."""
+    out = tmp_path / "run"
+    folders = ("agents", "tasks", "trajectories", "sft", "rejected", "rl")
+
+    def rows() -> dict[str, list[dict]]:
+        return {f: sorted(read_rows(out / f), key=lambda r: json.dumps(r, sort_keys=True,
+                                                                        default=str))
+                for f in folders}
+
+    run(scripted_config(out, episodes=7, name="rows"))
+    before = rows()
+    assert before["sft"] and before["rejected"], "needs verdicts of both kinds"
+    model = _register("rows")
+    try:
+        run(scripted_config(out, episodes=7, name="rows"))
+    finally:
+        registry.clear()
+    assert model.asked == 0
+    assert rows() == before
+
+
 def test_a_changed_config_does_not_reuse_stale_work(tmp_path: Path) -> None:
     out = tmp_path / "run"
     first = run(scripted_config(out, episodes=3, name="model-a"))
@@ -114,9 +139,12 @@ def test_resume_keeps_only_work_that_fits_together(tmp_path: Path) -> None:
     spec = agent()
     kept = task(spec)
     orphan = Task.model_validate({**kept.model_dump(), "id": "", "agent_id": "agent_gone"})
-    write_part(area / "agents", checkpoint_rows("0", [(0, spec)]))
-    write_part(area / "tasks", checkpoint_rows("0", [kept]) + checkpoint_rows("1", [orphan]))
-    write_part(area / "tasks", checkpoint_rows("9", [kept]))  # no such task slot in this run
+    write_part(area / "agents", checkpoint_rows("0", [(spec, "")]))
+    write_part(
+        area / "tasks",
+        checkpoint_rows("0", [(kept, spec.id)]) + checkpoint_rows("1", [(orphan, "agent_gone")]),
+    )
+    write_part(area / "tasks", checkpoint_rows("9", [(kept, spec.id)]))  # no such task slot
     (area / "episodes").mkdir()
     (area / "episodes" / ".tmp-part-x.parquet").write_bytes(b"half a file")  # a killed write
     resume = Resume.load(config)
