@@ -24,8 +24,8 @@ from typing import Any
 
 import apache_beam as beam
 
+from pipelines import progress, runtime, storage
 from pipelines import resume as checkpoints
-from pipelines import runtime, storage
 from pipelines.batching import STOP, RunStopped
 from pipelines.card import write_card
 from pipelines.config import RunConfig
@@ -149,6 +149,7 @@ def run(config: RunConfig, pipeline: beam.Pipeline | None = None) -> dict[str, A
     pipeline = pipeline or in_process_pipeline()
     build(pipeline, config, resume)
     STOP.reset()
+    notes = progress.start_run(config.models.by_role(), {"agents": config.tasks_per_agent})
     try:
         with _graceful_interrupt():
             result = pipeline.run()
@@ -159,6 +160,7 @@ def run(config: RunConfig, pipeline: beam.Pipeline | None = None) -> dict[str, A
         raise
     finally:
         STOP.reset()  # a stop belongs to this run; pipelines built later start clean
+        progress.end_run(notes)
         runtime.close_models()
     manifest = build_manifest(
         config, out, result, started_at=started, finished_at=time.time(), reused=reused,
