@@ -12,8 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.records import Message, ToolCall
 from simulators.llm import toolcall
-from simulators.llm.errors import ModelError as ModelError  # older import path, kept working
+from simulators.llm.errors import ModelError as ModelError  # older import paths, kept working
 from simulators.llm.errors import ModelOutputError
+from simulators.llm.errors import ModelUnavailable as ModelUnavailable
 
 
 class Sampling(BaseModel):
