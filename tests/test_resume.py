@@ -12,6 +12,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipelines.batching import RunStopped
@@ -85,9 +87,17 @@ def test_reused_work_rebuilds_every_row_exactly_passed_and_rejected_alike(
                                                                         default=str))
                 for f in folders}
 
-    run(scripted_config(out, episodes=7, name="rows"))
+    config = scripted_config(out, episodes=7, name="rows")
+    run(config)
     before = rows()
     assert before["sft"] and before["rejected"], "needs verdicts of both kinds"
+    # Parts written before verdicts shared one record tagged theirs: they still read back.
+    for part in (out / WORK / work_key(config) / "judge").glob("part-*.parquet"):
+        table = pq.read_table(part)
+        tags = ["passed" if json.loads(r)["passed"] else "rejected"
+                for r in table.column("record").to_pylist()]
+        table = table.set_column(table.schema.get_field_index("tag"), "tag", pa.array(tags))
+        pq.write_table(table, part)
     model = _register("rows")
     try:
         run(scripted_config(out, episodes=7, name="rows"))
