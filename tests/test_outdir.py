@@ -171,3 +171,34 @@ def test_two_runs_into_one_folder_the_second_is_refused_and_the_first_finishes(
     assert first.returncode == 0, stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["tasks"] == 8 and manifest["reconcile"]["ok"]
+
+
+def test_a_lock_kept_by_a_dead_runs_child_process_is_named_as_such(tmp_path: Path) -> None:
+    """An engine process forked by a run inherits its lock; if the run dies and the child
+    lingers, the refusal says so instead of naming the dead pid as a live run."""
+    out = tmp_path / "run"
+    script = (
+        "import os, sys, time; from pathlib import Path; from pipelines import outdir\n"
+        "held = outdir.locked(Path(sys.argv[1])); held.__enter__()\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    os.close(1); os.close(2); time.sleep(60); os._exit(0)\n"
+        "print(child, flush=True); os._exit(0)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", script, str(out)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    child = int(done.stdout.strip())
+    try:
+        with pytest.raises(RunLocked, match="left over from a run that is gone"):
+            run(scripted_config(out, episodes=1))
+    finally:
+        os.kill(child, 9)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+            time.sleep(0.05)
+        except ProcessLookupError:
+            break
+    assert run(scripted_config(out, episodes=1))["reconcile"]["ok"]
