@@ -23,7 +23,16 @@ import pyarrow.parquet as pq
 
 from schemas import arrow
 from schemas.records import FUNCTION_NAME, Failure, ToolSpec, canonical_json
-from toolspecs.load import SpecProblem, _pointer, _slug, parse_entry, spec_files
+from toolspecs.load import (
+    InputError,
+    SpecProblem,
+    _pointer,
+    _slug,
+    loads_json,
+    parse_entry,
+    read_input,
+    spec_files,
+)
 
 Format = Literal["mcp", "openai", "bfcl"]
 FORMATS: tuple[Format, ...] = ("mcp", "openai", "bfcl")
@@ -115,22 +124,13 @@ def import_paths(paths: Iterable[str | Path], fmt: Format) -> Iterator[ImportOut
 def import_file(path: str | Path, fmt: Format) -> Iterator[ImportOutcome]:
     """One file's tools; a file that cannot be read at all is one refused outcome."""
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise Refusal("FileTooLarge", f"{size:,} bytes, above the {MAX_FILE_BYTES:,} limit")
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        yield _refused_file(path, "FileNotFound", "no such file")
-        return
-    except UnicodeDecodeError as exc:
-        yield _refused_file(path, "NotUTF8", f"not UTF-8: {exc}")
-        return
-    except Refusal as exc:
-        yield _refused_file(path, exc.kind, str(exc))
-        return
-    except OSError as exc:
-        yield _refused_file(path, type(exc).__name__, str(exc))
+    try:  # a regular file of bounded size: a pipe or a device is refused, never read
+        text = read_input(path, MAX_FILE_BYTES)
+    except InputError as exc:
+        kind = {"FileNotFoundError": "FileNotFound", "UnicodeDecodeError": "NotUTF8"}.get(
+            exc.kind, exc.kind
+        )
+        yield _refused_file(path, kind, str(exc).removeprefix(f"{path}: "))
         return
     documents: list[tuple[str, Any]] = []
     if path.suffix == ".jsonl":
@@ -138,15 +138,21 @@ def import_file(path: str | Path, fmt: Format) -> Iterator[ImportOutcome]:
             if not line.strip():
                 continue
             try:
-                documents.append((f"/{number}", json.loads(line)))
+                documents.append((f"/{number}", loads_json(line)))
             except json.JSONDecodeError as exc:
                 yield _refused_file(path, "NotJSON", f"line {number + 1} is not JSON: {exc}",
                                     pointer=f"/{number}")
+            except InputError as exc:  # NaN, 1e999999, 5,000-digit integers
+                yield _refused_file(path, exc.kind, f"line {number + 1}: {exc}",
+                                    pointer=f"/{number}")
     else:
         try:
-            documents.append(("", json.loads(text)))
+            documents.append(("", loads_json(text)))
         except json.JSONDecodeError as exc:
             yield _refused_file(path, "NotJSON", f"not JSON: {exc}")
+            return
+        except InputError as exc:
+            yield _refused_file(path, exc.kind, str(exc))
             return
     default_domain = _slug(path.stem)
     for base, doc in documents:
