@@ -323,11 +323,24 @@ class CriterionScore(BaseModel):
     reason: str = ""
 
 
+class JudgeVote(BaseModel):
+    """One committee member's verdict on a trajectory."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    judge_model: str
+    score: float
+    passed: bool
+
+
 class Judgement(Record):
-    """The verdict on one trajectory: deterministic checks first, then the rubric judge."""
+    """The verdict on one trajectory: deterministic checks first, then the rubric judge (one
+    model, or a committee whose `votes` are kept with their `agreement`)."""
 
     id_prefix: ClassVar[str] = "judgement"
-    id_skips_defaults: ClassVar[frozenset[str]] = frozenset({"reward", "reward_reasons"})
+    id_skips_defaults: ClassVar[frozenset[str]] = frozenset(
+        {"reward", "reward_reasons", "votes", "agreement"}
+    )
 
     trajectory_id: str
     scores: list[CriterionScore] = Field(default_factory=list)
@@ -340,6 +353,12 @@ class Judgement(Record):
         default=None, description="The outcome reward (state and facts); None: no outcome."
     )
     reward_reasons: list[str] = Field(default_factory=list)
+    votes: list[JudgeVote] = Field(
+        default_factory=list, description="A committee's verdicts, one per judge model."
+    )
+    agreement: float | None = Field(
+        default=None, description="Share of the committee whose verdict is the committee's."
+    )
 
 
 class Failure(Record):

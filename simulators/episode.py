@@ -19,6 +19,7 @@ from simulators.environment import (
     seeded,
 )
 from simulators.llm.base import ChatModel, Completion, ModelError, Sampling
+from simulators.llm.toolcall import prose
 
 __all__ = [
     "EpisodeConfig",
@@ -137,7 +138,7 @@ async def run_episode(
 
 FINAL_REPLY_SCHEMA = {
     "type": "object",
-    "properties": {"content": {"type": "string", "minLength": 1}, "final": {"type": "boolean"}},
+    "properties": {"content": prose(minLength=1), "final": {"type": "boolean"}},
     "required": ["content", "final"],
     "additionalProperties": False,
 }

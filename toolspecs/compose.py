@@ -24,14 +24,18 @@ from schemas.records import (
     ToolSpec,
 )
 from simulators.ask import Usage, ask
-from simulators.llm.base import ChatModel, Sampling
+from simulators.llm.base import ChatModel, Completion, Sampling
+from simulators.values import ask_ranges
 from simulators.world import (
     apply_changes,
     build_world,
     changes_to_paths,
     describe_world,
     outcome_schema,
+    record_schemas,
+    tool_words,
 )
+from toolspecs.task_gate import gate, text_problems
 
 DIFFICULTIES: tuple[Difficulty, ...] = ("easy", "medium", "hard", "decline")
 DIFFICULTY_BRIEF = {
@@ -242,7 +246,12 @@ async def write_task(
     model adds the task's own facts to it and names the changes and facts that mean success.
     """
     listing = "\n".join(f"- {t.name}: {t.description}" for t in agent.tools)
-    world = build_world(agent.tools, key=agent.id)
+    fields: dict[str, Any] = {}
+    for record in record_schemas(agent.tools).values():
+        for name, field_schema in record.items():
+            fields.setdefault(name, field_schema)
+    ranges = await ask_ranges(model, fields, tool_words(agent.tools), listing, sampling, usage)
+    world = build_world(agent.tools, key=agent.id, ranges=ranges)
     chain = dependent_chain(agent.tools, f"{agent.id}:{index}") if difficulty == "hard" else []
     brief = DIFFICULTY_BRIEF[difficulty]
     if chain:
@@ -267,13 +276,14 @@ async def write_task(
     completion = await ask(
         model, "synthesizer", usage, messages, sampling,
         schema=tier_task_schema(agent.tools, difficulty, chain, world), attempts=attempts,
+        check=_gated_words,
     )
     answer = completion.parsed
     apply_changes(world, answer["initial_state"])
     criteria = list(answer["success_criteria"])
     if difficulty == "decline":
         criteria.append(DECLINE_CRITERION)
-    return Task(
+    task = Task(
         agent_id=agent.id,
         goal=" ".join(str(answer["goal"]).split()),
         user_knows=list(answer["user_knows"]),
@@ -293,3 +303,14 @@ async def write_task(
             facts=[" ".join(str(f).split()) for f in answer.get("expected_facts", [])],
         ),
     )
+    gate(task, agent)
+    return task
+
+
+def _gated_words(completion: Completion) -> str | None:
+    """A task answer whose goal or criteria are junk is retried (see `toolspecs.task_gate`)."""
+    answer = completion.parsed if isinstance(completion.parsed, dict) else {}
+    problems = text_problems(
+        str(answer.get("goal", "")), [str(c) for c in answer.get("success_criteria", [])]
+    )
+    return problems[0] if problems else None
