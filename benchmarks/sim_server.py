@@ -85,11 +85,16 @@ class Stats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     answered_at: list[float] = field(default_factory=list)
+    arrived_at: list[float] = field(default_factory=list)
+    left_at: list[float] = field(default_factory=list)
+    """When each request arrived and when it ended, whatever its answer: requests in flight."""
     peers: set[Any] = field(default_factory=set)
 
     def summary(self, capacity: Capacity) -> dict[str, Any]:
         data = asdict(self)
         data.pop("answered_at")
+        data.pop("arrived_at")
+        data.pop("left_at")
         data["connections"] = len(data.pop("peers"))
         span = (
             self.last_answer - self.first_arrival
@@ -134,6 +139,8 @@ class SimServer:
         summary = self.stats.summary(self.capacity)
         if request.query.get("times"):
             summary["answered_at"] = self.stats.answered_at
+            summary["arrived_at"] = self.stats.arrived_at
+            summary["left_at"] = self.stats.left_at
         return web.json_response(summary)
 
     async def reset(self, request: Any) -> Any:
@@ -149,6 +156,7 @@ class SimServer:
             return await self._chat(request)
         finally:
             self.open -= 1
+            self.stats.left_at.append(time.monotonic())
 
     async def _chat(self, request: Any) -> Any:
         from aiohttp import web
@@ -158,6 +166,7 @@ class SimServer:
         if stats.first_arrival is None:
             stats.first_arrival = now
         stats.received += 1
+        stats.arrived_at.append(now)
         if request.transport is not None:
             stats.peers.add(request.transport.get_extra_info("peername"))
         body = await request.json()

@@ -256,7 +256,7 @@ def episode_scorer(config: RewardConfig | None = None) -> Scorer:
         outcome = score_trajectory(trajectory, task)
         process = process_score(trajectory, task, {t.name: t for t in tools}, config)
         parts: dict[str, float] = {"process": process.score}
-        parts.update({part: -penalty for part, penalty in process.penalties.items()})
+        parts.update({part: -p if p else 0.0 for part, p in process.penalties.items()})
         if outcome.reward is None:
             total = process.score
         else:

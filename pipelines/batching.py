@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import sys
 import threading
 import time
 from collections.abc import Coroutine, Iterable, Iterator
@@ -29,6 +28,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines import runtime
+from pipelines.progress import Progress
 from pipelines.resume import CheckpointWriter, StageControl
 from schemas.records import Failure, TokenCount
 
@@ -36,7 +36,6 @@ FAILURES = "failures"
 DEFAULT_IN_FLIGHT = 512
 Handled = tuple[list[Any], dict[str, TokenCount]]
 
-_started = time.monotonic()
 inputs_done: dict[str, float] = {}
 """Per stage, when a bundle last started its final element (`time.monotonic`): from then on only
 the elements already in flight are left, so the engine's load can only fall. Benchmarks read it
@@ -83,56 +82,6 @@ class StopSignal:
 STOP = StopSignal()
 POLL_S = 0.25
 """How often a waiting stage looks at the stop signal."""
-
-
-class Progress:
-    """One line on stderr per finished element: count, tokens per second and ETA for a stage."""
-
-    def __init__(self, stage: str, total: int | None) -> None:
-        self.stage = stage
-        self.total = total
-        self.done = 0
-        self.tokens = 0
-        self.started: float | None = None
-        self._lock = threading.Lock()
-
-    def start(self) -> None:
-        with self._lock:
-            if self.started is None:
-                self.started = time.monotonic()
-
-    def note(self, text: str) -> None:
-        """A progress line that counts nothing."""
-        line = f"[{time.monotonic() - _started:6.0f}s] {self.stage:<9} {text}"
-        print(line, file=sys.stderr, flush=True)
-
-    def report(self, note: str, tokens: int = 0) -> str:
-        """Count one finished element that produced `tokens` completion tokens, and print it."""
-        now = time.monotonic()
-        with self._lock:
-            if self.started is None:
-                self.started = now
-            self.done += 1
-            self.tokens += tokens
-            done, spent = self.done, max(now - self.started, 1e-6)
-            rate = self.tokens / spent
-        line = f"[{now - _started:6.0f}s] {self.stage:<9} {done}"
-        if self.total:
-            line += f"/{self.total}"
-        line += f" {note} | {rate:,.0f} tok/s"
-        if self.total and done < self.total:
-            line += f", ETA {_duration((self.total - done) * spent / done)}"
-        print(line, file=sys.stderr, flush=True)
-        return line
-
-
-def _duration(seconds: float) -> str:
-    whole = round(seconds)
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    return f"{whole // 3600}h{whole // 60 % 60:02d}m"
 
 
 def count_tokens(usage: dict[str, TokenCount]) -> int:
@@ -305,7 +254,7 @@ class AsyncBatchFn(beam.DoFn):
                 count_tokens(getattr(outcome, "usage", None) or {})
                 failure = self.failure(element, outcome)
                 Metrics.counter(self.stage, "failures").inc()
-                self._progress.report(f"failed: {failure.error_type}")
+                self._progress.fail(failure.error_type, failure.error, failure.input_id)
                 self._failed += 1
                 self._brake()
                 yield beam.pvalue.TaggedOutput(FAILURES, failure)
@@ -318,7 +267,7 @@ class AsyncBatchFn(beam.DoFn):
                     self._writer.add(key, outputs)
             yield from outputs
             yield from self.also(element, outputs)
-            self._progress.report(self.note(outputs), tokens)
+            self._progress.report(self.note(outputs), tokens, self.checkpoint_key(element) or "")
 
     def _brake(self) -> None:
         """Stop the run when failures pass the configured share of finished elements."""

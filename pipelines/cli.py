@@ -60,14 +60,20 @@ def run(
             help="Run tools whose spec names an entrypoint as real Python (trusted specs only).",
         ),
     ] = None,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v",
+            help="Also show vLLM's and other libraries' warnings and one line per finished item "
+            "(OUT/agentmill.log keeps them either way).",
+        ),
+    ] = False,
 ) -> None:
     """Run the mill end to end and write the output folder (sft/, rl/, manifest.json...).
 
     Arguments after `--` go to Beam, e.g. `-- --runner=DataflowRunner --project=P ...`;
     without them the mill runs in process.
     """
-    # vLLM logs every engine step at INFO; keep the terminal for agentmill's progress lines.
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     from pipelines.config import ROLES, ConfigError, load_config
 
     overrides: dict[str, Any] = {"out": out, "episodes": episodes, "seed": seed}
@@ -95,16 +101,32 @@ def run(
         except DomainError as exc:
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
-    _preflight_or_exit(cfg)
+    beam_args = [a for a in ctx.args if a != "--"]
+    # A job on remote workers may reach servers this machine cannot: check names, not sockets.
+    remote_runner = any(a.startswith("--runner") and "direct" not in a.lower() for a in beam_args)
+    _preflight_or_exit(cfg, probe=not remote_runner)
 
+    from pipelines.console import log_path_for, run_console
+
+    with run_console(log_path_for(cfg.out), verbose):
+        _run_and_report(cfg, beam_args)
+
+
+def _run_and_report(cfg: Any, beam_args: list[str]) -> None:
+    """Run the mill, then say how it went: the counts, the top failure reasons, the exit code."""
     from pipelines.batching import RunStopped
     from pipelines.dataflow import pipeline_from_args
+    from pipelines.progress import BOARD
     from pipelines.run import run as run_mill
 
-    beam_args = [a for a in ctx.args if a != "--"]
     try:
         manifest = run_mill(cfg, pipeline_from_args(beam_args) if beam_args else None)
     except RunStopped as exc:
+        reasons = BOARD.reasons()[:5]
+        if reasons:
+            err.print("top failure reasons:")
+            for stage, reason, n in reasons:
+                err.print(f"  {n} × {stage}: {escape(reason)}", highlight=False, soft_wrap=True)
         err.print(f"[yellow]{escape(str(exc))}[/yellow]", soft_wrap=True)
         raise typer.Exit(exc.exit_code) from exc
     reused = manifest.get("resume", {}).get("reused", {})
@@ -159,11 +181,11 @@ def _flag_sources(overrides: dict[str, Any]) -> dict[str, str]:
     return sources
 
 
-def _preflight_or_exit(cfg: Any) -> None:
+def _preflight_or_exit(cfg: Any, probe: bool = True) -> None:
     """Stop before anything is written when the run cannot work (exit 2), naming why."""
     from pipelines.preflight import preflight
 
-    found = preflight(cfg)
+    found = preflight(cfg, probe)
     for warning in found.warnings:
         err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
     if found.ok:
@@ -557,6 +579,15 @@ def synth_command(
     if not summary["reconcile"]["ok"]:
         err.print(f"[red]counts do not reconcile:[/red] {summary['reconcile']}")
         raise typer.Exit(1)
+
+
+def _register_rl_commands() -> None:
+    from pipelines.rl_cli import register
+
+    register(app)
+
+
+_register_rl_commands()
 
 
 def main() -> None:

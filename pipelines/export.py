@@ -466,10 +466,19 @@ def export(
     spec = FORMATS[fmt]
     run_dir, out = Path(run_dir), Path(out)
     source = run_dir / spec.source
+    rollouts = run_dir / "rollouts"
+    if spec.source == "sft" and not source.exists() and rollouts.is_dir():
+        # A rollout folder: its reward-1 rollouts are SFT data (rejection sampling).
+        source = rollouts
     try:
         rows = read_rows(source)
     except FileNotFoundError as exc:
         raise ExportError(f"{source}: no such folder; is {run_dir} a run folder?") from exc
+    if source == rollouts:
+        total = len(rows)
+        rows = [row for row in rows if (row.get("reward") or 0.0) >= 1.0]
+        if not rows:
+            raise ExportError(f"{source}: none of its {total} rollouts has reward 1")
     if not rows:
         hint = ""
         if spec.source == "sft":

@@ -26,8 +26,8 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+from pipelines import progress, runtime, storage
 from pipelines import resume as checkpoints
-from pipelines import runtime, storage
 from pipelines.batching import STOP, RunStopped
 from pipelines.card import write_card
 from pipelines.config import RunConfig
@@ -76,6 +76,7 @@ def build(
     if config.domain:  # a tau-bench-like domain brings its own agent and tasks (no model)
         specs, agents, tasks, domain_failures = pipeline | "LoadDomain" >> LoadDomain(config)
         front_failures: tuple[Any, ...] = (domain_failures,)
+        pairs = join_tasks_with_agents(tasks, agents, "Episodes")  # no model work before it
     else:
         loaded = pipeline | "LoadToolSpecs" >> LoadToolSpecs(paths)
         specs = loaded.specs
@@ -85,8 +86,11 @@ def build(
         generated = slotted | "GenerateTasks" >> GenerateTasks(config, control("tasks"))
         tasks = reused("tasks", generated.tasks)
         front_failures = (loaded.failures, composed.failures, generated.failures)
+        pairs = generated.pairs  # new tasks come with their agent: no barrier before episodes
+        if "tasks" in olds:  # reused tasks find their agent by a join
+            again = join_tasks_with_agents(olds["tasks"], agents, "ReusedTasks")
+            pairs = (pairs, again) | "AllPairs" >> beam.Flatten()
 
-    pairs = join_tasks_with_agents(tasks, agents, "Episodes")
     played = pairs | "RunEpisodes" >> RunEpisodes(config, control("episodes"))
     trajectories = reused("episodes", played.trajectories)
     to_judge = played.judge_inputs
@@ -105,7 +109,7 @@ def build(
         rejected = (judged.rejected, again.rejected) | "AllRejected" >> beam.Flatten()
     else:
         passed, rejected = judged.passed, judged.rejected
-    rl = join_tasks_with_agents(tasks, agents, "RL") | "ToRLTasks" >> beam.Map(rl_task)
+    rl = pairs | "ToRLTasks" >> beam.Map(rl_task)
 
     failures = (
         *front_failures,
@@ -168,6 +172,7 @@ def run(config: RunConfig, pipeline: beam.Pipeline | None = None) -> dict[str, A
     pipeline = pipeline or in_process_pipeline()
     build(pipeline, config, resume)
     STOP.reset()
+    notes = progress.start_run(config.models.by_role(), {"agents": config.tasks_per_agent})
     try:
         with _graceful_interrupt():
             result = pipeline.run()
@@ -178,6 +183,7 @@ def run(config: RunConfig, pipeline: beam.Pipeline | None = None) -> dict[str, A
         raise
     finally:
         STOP.reset()  # a stop belongs to this run; pipelines built later start clean
+        progress.end_run(notes)
         runtime.close_models()
     manifest = build_manifest(
         config, out, result, started_at=started, finished_at=time.time(), reused=reused,

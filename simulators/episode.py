@@ -15,6 +15,7 @@ from simulators.ask import RoleOutputError, ask
 from simulators.environment import (
     Environment,
     EpisodeError,
+    StepResult,
     agent_system_message,
     seeded,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "EpisodeError",
     "RoleClients",
     "agent_system_message",
+    "drive",
     "run_episode",
 ]
 
@@ -99,28 +101,40 @@ async def run_episode(
 ) -> Trajectory:
     """Play one episode to its end and return the trajectory, or raise EpisodeError.
 
-    The episode is the task's `Environment` driven by the agent model: each round the agent
-    may call tools while the turn has tool rounds left, else it must reply (and say whether
-    its reply is final).
+    The episode is the task's `Environment` driven by the agent model (`drive`).
     """
     env = Environment(
         task, agent, models.user, models.tool, config, model_names=models.model_names()
     )
     await env.reset(seed, persona)
+    await drive(env, models.agent)
+    assert env.trajectory is not None
+    return env.trajectory
+
+
+async def drive(env: Environment, agent: ChatModel) -> StepResult:
+    """Let `agent` play a freshly reset `env` to its end; the last step (reward included).
+
+    Each round the agent may call tools while the turn has tool rounds left, else it must reply
+    (and say whether its reply is final). Raises EpisodeError when a model fails for good.
+    """
+    config = env.config
     while True:
         may_call = env.may_call_tools
-        sampling = seeded(config.agent, seed, 100 + len(env.messages))
+        sampling = seeded(config.agent, env.seed, 100 + len(env.messages))
         try:
             completion = await ask(
-                models.agent, "agent", env.usage, env.messages, sampling,
+                agent, "agent", env.usage, env.messages, sampling,
                 tools=env.tools if may_call else None,
                 schema=None if may_call else FINAL_REPLY_SCHEMA,
                 attempts=config.attempts,
                 check=_reply_not_empty,
             )
         except RoleOutputError as exc:
+            env.done = True
             raise EpisodeError(str(exc), exc.role, exc.raw_output, env.usage) from exc
         except ModelError as exc:
+            env.done = True
             raise EpisodeError(f"model error: {exc}", usage=env.usage) from exc
         if completion.tool_calls:
             result = await env.step(Message(role="assistant", tool_calls=completion.tool_calls))
@@ -132,8 +146,7 @@ async def run_episode(
                 final=bool(parsed.get("final", False)),
             )
         if result.done:
-            assert env.trajectory is not None
-            return env.trajectory
+            return result
 
 
 FINAL_REPLY_SCHEMA = {

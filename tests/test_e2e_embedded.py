@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import jsonschema
@@ -27,9 +28,16 @@ def tool_calls(row: dict) -> list[tuple[dict, dict]]:
     return found
 
 
-def test_two_episodes_on_the_embedded_model(tmp_path: Path) -> None:
+def test_two_episodes_on_the_embedded_model(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run"
     manifest = run(load_config(None, {"out": str(out), "episodes": 2, "seed": 0}))
+    # The engine's start-up is named, with the roles it serves, instead of minutes of silence.
+    said = capfd.readouterr().err
+    assert f"starting the engine for user, agent, tool, judge, synthesizer (vllm:{EMBEDDED_MODEL}" \
+        in said
+    assert re.search(r"engine for user, agent, tool, judge, synthesizer ready in \d+ s", said)
 
     counts = manifest["counts"]
     assert counts["toolspecs"] >= 40

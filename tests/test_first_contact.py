@@ -16,6 +16,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
+from pipelines.console import QUIET_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 ROLES = ("user", "agent", "tool", "judge", "synthesizer")
 
@@ -23,8 +25,8 @@ ROLES = ("user", "agent", "tool", "judge", "synthesizer")
 def agentmill(*args: str, delay: float = 0.0, timeout: float = 240) -> subprocess.CompletedProcess:
     """`agentmill ARGS` as a user runs it (with the scripted `slow`/`broken` models installed)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("OPENAI_API_KEY", None)
-    env.pop("AGENTMILL_API_KEY", None)
+    for quiet in ("OPENAI_API_KEY", "AGENTMILL_API_KEY", *QUIET_ENV):
+        env.pop(quiet, None)  # the user's keys, and what an earlier in-process run set
     return subprocess.run(
         [sys.executable, "-m", "tests.slow_cli", str(delay), *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,

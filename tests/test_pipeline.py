@@ -121,3 +121,37 @@ def test_episode_failures_are_recorded_with_raw_output(tmp_path: Path) -> None:
     assert manifest["counts"]["sft"] == 0 and manifest["reconcile"]["ok"]
     assert list((tmp_path / "run" / "sft").glob("*.parquet")), "an empty output still has a file"
     assert manifest["failures_by_type"] == {"episodes:EpisodeError": 3}
+
+
+def test_episodes_start_while_tasks_are_still_being_written(tmp_path: Path) -> None:
+    """Tasks stream into episodes: no join waits for the last task before the first episode
+    (that barrier left the engine idle for ~21 s at 1,500 episodes)."""
+    import asyncio
+    import time
+
+    from simulators.llm.scripted import ScriptedModel
+
+    log: list[tuple[float, str]] = []
+
+    class Paced(ScriptedModel):
+        async def generate(self, messages, schema, sampling):  # type: ignore[no-untyped-def]
+            system = next((m["content"] for m in messages if m["role"] == "system"), "")
+            kind = (
+                "task" if system.startswith("You write test tasks")
+                else "agent" if system.startswith("You design AI assistants")
+                else "episode"  # the user, agent, tool simulator and judge
+            )
+            log.append((time.monotonic(), kind))
+            await asyncio.sleep(0.05)
+            return await super().generate(messages, schema, sampling)
+
+    name = "paced"
+    registry.register(ModelConfig(backend="scripted", model=name), Paced(name=name))
+    try:
+        manifest = run(scripted_config(tmp_path / "run", 12, name=name, in_flight=3))
+    finally:
+        registry.clear()
+    assert manifest["reconcile"]["ok"] and manifest["counts"]["rl"] == 12
+    last_task = max(t for t, kind in log if kind == "task")
+    episode_requests = [t for t, kind in log if kind == "episode"]
+    assert any(t < last_task for t in episode_requests), "episodes waited for every task"

@@ -180,7 +180,10 @@ def test_sigkill_mid_run_then_rerun_finishes_without_duplicates_or_gaps(tmp_path
     manifest = _assert_complete(out, episodes)
     reused = manifest["resume"]["reused"]
     assert checkpointed <= reused["episodes"] < episodes
-    assert reused["tasks"] == episodes and reused["agents"] == episodes // 4
+    # Tasks stream into episodes, so the kill may come before every task was written; an
+    # episode is reused only with its task, a task only with its agent.
+    assert reused["episodes"] <= reused["tasks"] <= episodes
+    assert 1 <= reused["agents"] <= episodes // 4
     assert f"{reused['episodes']} episodes" in stderr
     # Only the episodes that had not finished were played again.
     assert manifest["tokens"]["agent"]["requests"] > 0
@@ -227,7 +230,9 @@ def test_failure_brake_stops_the_run_and_a_fixed_rerun_resumes(tmp_path: Path) -
     assert not (out / "manifest.json").exists()
 
     manifest = run(config)  # the model works again: the run resumes
-    assert manifest["resume"]["reused"]["tasks"] == 12
+    # The brake stops every stage; tasks stream into episodes, so at least the tasks of the
+    # four failed episodes were written and are reused.
+    assert 4 <= manifest["resume"]["reused"]["tasks"] <= 12
     assert manifest["resume"]["reused"]["episodes"] == 0
     _assert_complete(out, 12)
     assert manifest["counts"]["failures"] == 0  # failures are retried, not reused

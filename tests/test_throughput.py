@@ -21,7 +21,6 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from benchmarks.sim_server import Capacity, start_server
 from pipelines import runtime
-from pipelines.batching import Progress
 from pipelines.config import ROLES, load_config
 from pipelines.manifest import _metrics, tokens_by_model
 from pipelines.stages import RunEpisodes
@@ -207,13 +206,3 @@ def test_manifest_sums_roles_per_model() -> None:
         "roles": ["agent", "judge"],
     }
     assert by_model["small"]["roles"] == ["user"]
-
-
-def test_progress_line_shows_rate_and_eta(capsys: pytest.CaptureFixture[str]) -> None:
-    progress = Progress("episodes", total=4)
-    progress.start()
-    progress.started = time.monotonic() - 10  # ten seconds in
-    line = progress.report("user_stop, 2 turns", tokens=500)
-    assert "episodes  1/4 user_stop, 2 turns" in line
-    assert "50 tok/s" in line and "ETA 30s" in line
-    assert line in capsys.readouterr().err

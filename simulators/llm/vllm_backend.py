@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import multiprocessing
 import os
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,9 @@ if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
 
 GIB = 1 << 30
+engine_log = logging.getLogger("agentmill.engine")
+"""Engine start and ready events (`extra`: engine_key, engine_event, seconds), so whoever shows
+progress can say what the silence of a starting engine is."""
 
 
 class VLLMChatModel(ConstrainedChatModel):
@@ -146,10 +151,17 @@ class VLLMChatModel(ConstrainedChatModel):
                 raise ModelError(f"{self.name}: client is closed")
             if self._engine is None:
                 # Starting takes tens of seconds; a thread keeps the loop serving other work.
+                event = {"engine_key": self.config.key(), "engine_model": self.name}
+                started = time.monotonic()
+                engine_log.info("starting the engine for %s", self.name,
+                                extra={**event, "engine_event": "start"})
                 await asyncio.to_thread(_import_vllm)
                 engine = await asyncio.to_thread(self._start_engine)
                 self._tokenizer = engine.get_tokenizer()
                 self._engine = engine
+                seconds = time.monotonic() - started
+                engine_log.info("engine for %s ready in %.0f s", self.name, seconds,
+                                extra={**event, "engine_event": "ready", "seconds": seconds})
         return self._engine
 
     def _start_engine(self) -> AsyncLLM:
