@@ -69,12 +69,14 @@ def _task_answer(goal: str, criterion: str) -> dict[str, Any]:
 
 
 def test_the_task_writer_retries_junk_and_fails_naming_the_rule() -> None:
-    answers = [_task_answer("abt-2293", ","),
-               _task_answer("Find me a flight from SFO to JFK.", "A flight is listed for SFO.")]
+    good = _task_answer("Find me a flight from SFO to JFK.", "A flight is listed for SFO.")
+    answers = [_task_answer("abt-2293", ","), _task_answer("Find me a flight.", ","),
+               {**good, "success_criteria": [",", "A flight is listed for SFO."]}]
     model = ScriptedModel(answers)
     usage: dict[str, Any] = {}
     task = asyncio.run(write_task(model, AGENT, "easy", 0, Sampling(seed=1), usage))
-    assert task.goal == "Find me a flight from SFO to JFK." and usage["synthesizer"].requests == 2
+    assert task.goal == "Find me a flight from SFO to JFK." and usage["synthesizer"].requests == 3
+    assert task.rubric.success_criteria == ["A flight is listed for SFO."]  # the "," dropped
     always_junk = ScriptedModel([_task_answer("goal_setting", "ok")] * 3)
     with pytest.raises(Exception, match="goal_not_a_request"):
         asyncio.run(write_task(always_junk, AGENT, "easy", 0, Sampling(seed=1), {}))

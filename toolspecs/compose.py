@@ -35,7 +35,7 @@ from simulators.world import (
     record_schemas,
     tool_words,
 )
-from toolspecs.task_gate import gate, text_problems
+from toolspecs.task_gate import criterion_problem, gate, goal_problem, text_problems
 
 DIFFICULTIES: tuple[Difficulty, ...] = ("easy", "medium", "hard", "decline")
 DIFFICULTY_BRIEF = {
@@ -280,7 +280,8 @@ async def write_task(
     )
     answer = completion.parsed
     apply_changes(world, answer["initial_state"])
-    criteria = list(answer["success_criteria"])
+    # Junk beside real criteria ("," after a sentence) is dropped; none real was retried above.
+    criteria = [c for c in answer["success_criteria"] if not criterion_problem(str(c))]
     if difficulty == "decline":
         criteria.append(DECLINE_CRITERION)
     task = Task(
@@ -308,9 +309,12 @@ async def write_task(
 
 
 def _gated_words(completion: Completion) -> str | None:
-    """A task answer whose goal or criteria are junk is retried (see `toolspecs.task_gate`)."""
+    """A task answer whose goal is junk, or whose criteria are all junk, is retried (see
+    `toolspecs.task_gate`)."""
     answer = completion.parsed if isinstance(completion.parsed, dict) else {}
-    problems = text_problems(
-        str(answer.get("goal", "")), [str(c) for c in answer.get("success_criteria", [])]
-    )
-    return problems[0] if problems else None
+    criteria = [str(c) for c in answer.get("success_criteria", [])]
+    problem = goal_problem(str(answer.get("goal", "")))
+    if problem is None and all(criterion_problem(c) for c in criteria):
+        problem = text_problems("a real request here", criteria[:1])[0] if criteria else \
+            "criterion_not_checkable: no success criterion"
+    return problem
