@@ -119,7 +119,8 @@ def test_the_fingerprint_of_a_config_without_a_committee_is_unchanged() -> None:
     plain = load_config(None, {})
     body = plain.model_dump(mode="json", exclude={"out", "control", "reward"})
     for role in ("user", "agent", "tool", "judge", "synthesizer"):
-        body["models"][role].pop("api_key", None)
+        for field in ("api_key", "server_wait_s", "engine_restarts"):
+            body["models"][role].pop(field, None)
     del body["judge"]["models"], body["judge"]["voting"]
     before = hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]
     assert plain.fingerprint() == before
