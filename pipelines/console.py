@@ -85,6 +85,14 @@ def run_console(log_path: Path | None, verbose: bool) -> Iterator[TextIO | None]
     elif log is not None:
         sys.stderr = _Tee(sys.stderr, log)
     handlers = _logging(log, verbose)
+    # Libraries that log without configuring logging (or call basicConfig mid-run) would write
+    # to whatever sys.stderr is then: give them the process's own stderr, which is captured.
+    root, last_resort = logging.getLogger(), logging.lastResort
+    fallback = logging.StreamHandler(saved_stderr)
+    fallback.setFormatter(logging.Formatter(logging.BASIC_FORMAT))
+    if not root.handlers:
+        root.addHandler(fallback)
+    logging.lastResort = fallback
     BOARD.stream, BOARD.also = sys.stderr if not sys.stderr.isatty() else _terminal(), log
     try:
         yield log
@@ -98,8 +106,9 @@ def run_console(log_path: Path | None, verbose: bool) -> Iterator[TextIO | None]
             os.close(saved_fd)
         if reader is not None:
             reader.join(timeout=1.0)
-        for logger, handler in handlers:
+        for logger, handler in [*handlers, (root, fallback)]:
             logger.removeHandler(handler)
+        logging.lastResort = last_resort
         logging.captureWarnings(False)
         if log is not None:
             log.close()

@@ -76,6 +76,7 @@ def test_cli_keeps_third_party_noise_in_the_log_and_says_the_engine_is_starting(
     assert "FutureWarning" not in quiet.stderr and "NUMA" not in quiet.stderr
     log = (out / "agentmill.log").read_text()
     assert "noisy FutureWarning" in log and "W NUMA: noisy line on fd 2" in log
+    assert "noisy library logger" in log and "noisy library logger" not in quiet.stderr
     # A log (not a terminal): a few summary lines per stage, no line per finished item...
     assert len([line for line in quiet.stderr.splitlines() if " episodes " in line]) <= 3
     assert re.search(r"episodes +4/4 .*\| done", quiet.stderr)
