@@ -108,8 +108,12 @@ def run(
 
     from pipelines.console import log_path_for, run_console
 
-    with run_console(log_path_for(cfg.out), verbose):
-        _run_and_report(cfg, beam_args)
+    with run_console(log_path_for(cfg.out), verbose) as user:
+        err.file = user  # sys.stderr now holds only what others write
+        try:
+            _run_and_report(cfg, beam_args)
+        finally:
+            err.file = None  # type: ignore[assignment]  # back to the current sys.stderr
 
 
 def _run_and_report(cfg: Any, beam_args: list[str]) -> None:
