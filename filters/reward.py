@@ -9,7 +9,12 @@ world with the task's `expected_outcome.state` applied; the episode gets reward 
 - every expected fact appears in the agent's replies (case-insensitive, commas and extra spaces
   ignored, as tau-bench matches its outputs),
 
-and 0 otherwise, with reasons. A task without an expected outcome has no reward (None). The
+and 0 otherwise, with reasons. A task that brings a workspace is scored on its files too: the
+share of its workspace checks that hold, where every hidden test is one check (run in a sandbox
+after the episode, see `simulators.workspace_tools`), every required point of a file one, every
+heading count one, every expected email one (sent to the right address, every expected
+attachment attached as the file it is at the end). With an expected outcome as well, the two
+multiply. A task with neither has no reward (None). The
 rubric judge's verdict is a separate opinion; both are recorded on the `Judgement`, and neither
 overrides the other.
 
@@ -32,7 +37,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from filters.checks import CheckContext, arguments_valid, call_key, tool_calls, tools_known
-from schemas.records import Judgement, Outcome, Task, ToolSpec, Trajectory, canonical_json
+from schemas.records import (
+    Judgement,
+    Outcome,
+    Task,
+    ToolSpec,
+    Trajectory,
+    WorkspaceSpec,
+    canonical_json,
+)
 from simulators.environment import Score, Scorer
 from simulators.world import leaves, set_path
 
@@ -87,9 +100,80 @@ def state_differences(
     return problems
 
 
+def workspace_score(spec: WorkspaceSpec, final: dict[str, Any]) -> tuple[float, list[str]]:
+    """The share of `spec`'s checks that the final workspace passes, and what failed."""
+    files = final.get("files") or {}
+    passed, total, problems = 0, 0, []
+    hidden = final.get("hidden_tests") or {}
+    if spec.hidden_tests:
+        n = max(int(hidden.get("total") or 0), 1)
+        ok = min(int(hidden.get("passed") or 0), n)
+        passed, total = passed + ok, total + n
+        if ok < n:
+            failing = [k for k, v in (hidden.get("outcomes") or {}).items() if v != "passed"]
+            problems.append(
+                f"hidden tests: {ok}/{n} passed"
+                + (f" (failing: {', '.join(failing[:5])})" if failing else "")
+                + (f" [{hidden['error']}]" if hidden.get("error") else "")
+            )
+    for path, points in spec.required_points.items():
+        text = _norm(str((files.get(path) or {}).get("content") or ""))
+        for point in points:
+            total += 1
+            if path in files and _norm(point) in text:
+                passed += 1
+            else:
+                problems.append(f"file: {path} does not say {point!r}")
+    for path, least in spec.min_headings.items():
+        total += 1
+        text = str((files.get(path) or {}).get("content") or "")
+        count = sum(1 for line in text.splitlines() if line.lstrip().startswith("#"))
+        if count >= least:
+            passed += 1
+        else:
+            problems.append(f"file: {path} has {count} headings, expected at least {least}")
+    outbox = final.get("outbox") or []
+    for expected in spec.emails:
+        total += 1
+        if any(_email_matches(expected, sent, files) for sent in outbox):
+            passed += 1
+        else:
+            problems.append(
+                f"email: nothing sent to {expected.to} with {expected.attachments or 'no'} "
+                "attachments as they are at the end"
+            )
+    return (passed / total if total else 1.0), problems
+
+
+def _email_matches(expected: Any, sent: dict[str, Any], files: dict[str, Any]) -> bool:
+    if str(sent.get("to", "")).strip().lower() != expected.to.strip().lower():
+        return False
+    subject = _norm(str(sent.get("subject", "")))
+    if any(_norm(word) not in subject for word in expected.subject_contains):
+        return False
+    attached = {a.get("path"): a.get("sha256") for a in sent.get("attachments") or []}
+    for path in expected.attachments:
+        final = files.get(path) or {}
+        if path not in attached or attached[path] != final.get("sha256"):
+            return False
+    return True
+
+
 def score_trajectory(trajectory: Trajectory, task: Task) -> Reward:
     """The reward of `trajectory` against `task.expected_outcome` (see the module doc)."""
     outcome = task.expected_outcome
+    spec = task.workspace
+    if spec is not None and spec.has_checks():
+        share, problems = workspace_score(spec, trajectory.final_state.get("workspace") or {})
+        if not outcome.is_empty():
+            base = score_trajectory(trajectory, task.model_copy(update={"workspace": None}))
+            share *= base.reward or 0.0
+            problems += [r for r in base.reasons if base.reward != 1.0]
+        return Reward(
+            reward=round(share, 6),
+            state_match=None,
+            reasons=problems[:MAX_REASONS] or ["every workspace check passed"],
+        )
     if outcome.is_empty():
         return Reward(reward=None, reasons=["no expected outcome"])
     problems = state_differences(task.initial_state, outcome, trajectory.final_state)

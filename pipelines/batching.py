@@ -31,6 +31,7 @@ from pipelines import runtime
 from pipelines.progress import Progress
 from pipelines.resume import CheckpointWriter, StageControl
 from schemas.records import Failure, TokenCount
+from simulators.llm.base import ModelUnavailable
 
 FAILURES = "failures"
 DEFAULT_IN_FLIGHT = 512
@@ -257,6 +258,7 @@ class AsyncBatchFn(beam.DoFn):
                 self._progress.fail(failure.error_type, failure.error, failure.input_id)
                 self._failed += 1
                 self._brake()
+                self._stop_if_unavailable(outcome)
                 yield beam.pvalue.TaggedOutput(FAILURES, failure)
                 continue
             outputs, usage = outcome
@@ -268,6 +270,15 @@ class AsyncBatchFn(beam.DoFn):
             yield from outputs
             yield from self.also(element, outputs)
             self._progress.report(self.note(outputs), tokens, self.checkpoint_key(element) or "")
+
+    def _stop_if_unavailable(self, error: BaseException) -> None:
+        """A model whose server or engine stayed down past its bound fails every element the
+        same way: stop the run (what finished is kept) instead of dead-lettering the rest."""
+        cause: BaseException | None = error
+        while cause is not None and not isinstance(cause, ModelUnavailable):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None and STOP.request(f"{self.stage}: {cause}"):
+            self._progress.note("stopping the run: the model is unavailable")
 
     def _brake(self) -> None:
         """Stop the run when failures pass the configured share of finished elements."""

@@ -60,6 +60,14 @@ def run(
             help="Run tools whose spec names an entrypoint as real Python (trusted specs only).",
         ),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Let the run replace its own entries (sft/, tasks/, manifest.json...) in a "
+            "non-empty folder that is not an agentmill run; nothing else there is touched.",
+        ),
+    ] = False,
     verbose: Annotated[
         bool,
         typer.Option(
@@ -94,11 +102,13 @@ def run(
         err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
     if cfg.domain:
+        from simulators.sandbox import SandboxUnavailable, require_sandbox
         from toolspecs.domain import DomainError, load_domain
 
         try:
-            load_domain(cfg.domain)
-        except DomainError as exc:
+            if any(task.workspace is not None for task in load_domain(cfg.domain).tasks):
+                require_sandbox()  # tasks with files run code: refuse, never run it unconfined
+        except (DomainError, SandboxUnavailable) as exc:
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
     beam_args = [a for a in ctx.args if a != "--"]
@@ -107,24 +117,34 @@ def run(
     _preflight_or_exit(cfg, probe=not remote_runner)
 
     from pipelines.console import log_path_for, run_console
+    from pipelines.outdir import OutputError, check_claimable
 
+    try:  # before the log is opened there: a folder that is not ours gets nothing written
+        check_claimable(cfg.out, force)
+    except OutputError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from exc
     with run_console(log_path_for(cfg.out), verbose) as user:
         err.file = user  # sys.stderr now holds only what others write
         try:
-            _run_and_report(cfg, beam_args)
+            _run_and_report(cfg, beam_args, force)
         finally:
             err.file = None  # type: ignore[assignment]  # back to the current sys.stderr
 
 
-def _run_and_report(cfg: Any, beam_args: list[str]) -> None:
+def _run_and_report(cfg: Any, beam_args: list[str], force: bool = False) -> None:
     """Run the mill, then say how it went: the counts, the top failure reasons, the exit code."""
     from pipelines.batching import RunStopped
     from pipelines.dataflow import pipeline_from_args
+    from pipelines.outdir import OutputError
     from pipelines.progress import BOARD
     from pipelines.run import run as run_mill
 
     try:
-        manifest = run_mill(cfg, pipeline_from_args(beam_args) if beam_args else None)
+        manifest = run_mill(cfg, pipeline_from_args(beam_args) if beam_args else None, force=force)
+    except OutputError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from exc
     except RunStopped as exc:
         reasons = BOARD.reasons()[:5]
         if reasons:

@@ -7,6 +7,7 @@ excluded) goes into the manifest so two data sets can be told apart or proven al
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,11 @@ from simulators.llm.base import Sampling
 from simulators.llm.registry import ModelConfig
 
 ROLES = ("user", "agent", "tool", "judge", "synthesizer")
+MAX_EPISODES = 10_000_000
+"""Episodes one run may ask for: its agent and task slots are listed when the pipeline is built,
+so 10^12 would exhaust memory before any work; larger jobs are several runs."""
+MAX_TOOLS = 128
+"""Tools one agent may be offered (their schemas go into every prompt)."""
 
 
 class RoleModels(BaseModel):
@@ -90,10 +96,13 @@ class RunConfig(BaseModel):
 
     out: str = "runs/demo"
     seed: int = 0
-    episodes: int = Field(default=6, ge=1, description="Tasks to simulate, one episode each.")
-    tasks_per_agent: int = Field(default=2, ge=1)
-    min_tools: int = Field(default=3, ge=1)
-    max_tools: int = Field(default=6, ge=1)
+    episodes: int = Field(
+        default=6, ge=1, le=MAX_EPISODES,
+        description="Tasks to simulate, one episode each (split larger jobs into several runs).",
+    )
+    tasks_per_agent: int = Field(default=2, ge=1, le=MAX_EPISODES)
+    min_tools: int = Field(default=3, ge=1, le=MAX_TOOLS)
+    max_tools: int = Field(default=6, ge=1, le=MAX_TOOLS)
     toolspecs: list[str] = Field(
         default_factory=list, description="Spec files or folders; empty means the seed library."
     )
@@ -109,13 +118,19 @@ class RunConfig(BaseModel):
     # A task answer carries a goal, what the user knows and withholds, criteria, tools, the
     # world's initial facts and the expected changes and facts: 320 tokens truncated it.
     synthesis: Sampling = Sampling(temperature=0.8, max_tokens=768)
-    attempts: int = Field(default=3, ge=1, description="Tries per synthesized agent or task.")
+    attempts: int = Field(
+        default=3, ge=1, le=100, description="Tries per synthesized agent or task."
+    )
     batch_size: int = Field(
-        default=64, ge=1, description="Tasks handed to a worker at a time (a unit of delivery)."
+        default=64,
+        ge=1,
+        le=100_000,
+        description="Tasks handed to a worker at a time (a unit of delivery).",
     )
     in_flight: int = Field(
         default=512,
         ge=1,
+        le=100_000,
         description="Episodes (and agents, tasks, judgements) in flight per worker process, "
         "a new one starting as soon as any ends. An episode waits on one request at a time, "
         "so this is also what can keep each model's max_in_flight requests busy.",
@@ -130,7 +145,8 @@ class RunConfig(BaseModel):
     def fingerprint(self) -> str:
         body = self.model_dump(mode="json", exclude={"out", "control", "reward"})
         for role in ROLES:
-            body["models"][role].pop("api_key", None)
+            for field in ("api_key", "server_wait_s", "engine_restarts"):  # how, not what
+                body["models"][role].pop(field, None)
         return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]
 
     def public_dump(self) -> dict[str, Any]:
@@ -147,6 +163,31 @@ class ConfigError(ValueError):
     """A config file that cannot be used; names the file and the field."""
 
 
+MAX_CONFIG_NODES = 100_000
+"""Values a config may hold once YAML aliases are expanded (a real one holds a few hundred);
+an alias bomb expands to billions, which validation and the fingerprint would try to build."""
+
+
+def _check_tree(data: Any, source: str) -> None:
+    """Refuse an alias bomb and non-finite numbers (.nan, .inf), naming the field."""
+    stack: list[tuple[Any, str]] = [(data, "")]
+    seen = 0
+    while stack:
+        value, where = stack.pop()
+        seen += 1
+        if seen > MAX_CONFIG_NODES:
+            raise ConfigError(
+                f"{source}: more than {MAX_CONFIG_NODES:,} values once YAML aliases are "
+                f"expanded (near {where or 'the top'}); refused"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{source}: {where}: {value} is not a usable number")
+        if isinstance(value, dict):
+            stack.extend((child, f"{where}.{key}".lstrip(".")) for key, child in value.items())
+        elif isinstance(value, list):
+            stack.extend((child, f"{where}[{i}]") for i, child in enumerate(value))
+
+
 def load_config(
     path: str | Path | None,
     overrides: dict[str, Any] | None = None,
@@ -157,15 +198,20 @@ def load_config(
     An invalid value is blamed on where it came from: `sources` names each override (e.g.
     `{"episodes": "--episodes"}`), else the file, else the default.
     """
+    from toolspecs.load import MAX_FILE_BYTES, InputError, read_input
+
     data: dict[str, Any] = {}
     source = str(path)
     if path:
         try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{source}: cannot read config: {exc}") from exc
+            loaded = yaml.safe_load(read_input(path, min(MAX_FILE_BYTES, 1 << 20)))
+        except InputError as exc:
+            raise ConfigError(f"cannot read config: {exc}") from exc
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: 4,300 digits
+            raise ConfigError(f"{source}: cannot read config: {exc or type(exc).__name__}") from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{source}: a config must be a mapping, not {type(loaded).__name__}")
+        _check_tree(loaded, source)
         data = loaded or {}
     from_file = _dotted_keys(data)
     applied: dict[str, str] = {}
@@ -175,8 +221,14 @@ def load_config(
         applied[dotted] = (sources or {}).get(dotted, f"override {dotted}")
         target = data
         *parents, leaf = dotted.split(".")
-        for key in parents:
+        for depth, key in enumerate(parents):
             target = target.setdefault(key, {})
+            if not isinstance(target, dict):
+                where = ".".join(parents[: depth + 1])
+                raise ConfigError(
+                    f"{path}: {where} must be a mapping (to set {dotted} from "
+                    f"{applied[dotted]}), not {type(target).__name__} {str(target)[:40]!r}"
+                )
         target[leaf] = value
     try:
         return RunConfig.model_validate(data)

@@ -146,7 +146,10 @@ async def _play(
     env.model_names = {**env.model_names, "agent": policy.display_name()}
     seed = stable_seed(envs.config.seed, "rollout", task.task_id, sample)
     await env.reset(seed)
-    result = await drive(env, model(policy))
+    try:
+        result = await drive(env, model(policy))
+    finally:
+        env.close()  # a task's workspace folder goes, also when the rollout fails
     assert env.trajectory is not None
     parts = result.reward_parts
     row = to_row(env.trajectory)

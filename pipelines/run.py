@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from pipelines import progress, runtime, storage
+from pipelines import outdir, progress, runtime, storage
 from pipelines import resume as checkpoints
 from pipelines.batching import STOP, RunStopped
 from pipelines.card import write_card
@@ -46,6 +46,7 @@ from pipelines.stages import (
 )
 from schemas import arrow
 from schemas.records import Failure
+from simulators.llm.toolcall import defuse_written
 from toolspecs.load import LIBRARY
 
 
@@ -117,24 +118,33 @@ def build(
         judged.failures,
     ) | "AllFailures" >> beam.Flatten()
 
+    # Written rows have chat-template control tokens broken, as prompts do (data is trained on).
     _ = specs | "WriteToolSpecs" >> WriteRecords(
-        f"{out}/toolspecs", arrow.TOOLSPEC_SCHEMA, arrow.to_row
+        f"{out}/toolspecs", arrow.TOOLSPEC_SCHEMA, _defused(arrow.to_row)
     )
-    _ = agents | "WriteAgents" >> WriteRecords(f"{out}/agents", arrow.AGENT_SCHEMA, arrow.to_row)
-    _ = tasks | "WriteTasks" >> WriteRecords(f"{out}/tasks", arrow.TASK_SCHEMA, arrow.to_row)
+    _ = agents | "WriteAgents" >> WriteRecords(
+        f"{out}/agents", arrow.AGENT_SCHEMA, _defused(arrow.to_row)
+    )
+    _ = tasks | "WriteTasks" >> WriteRecords(
+        f"{out}/tasks", arrow.TASK_SCHEMA, _defused(arrow.to_row)
+    )
     _ = trajectories | "WriteTrajectories" >> WriteRecords(
-        f"{out}/trajectories", arrow.TRAJECTORY_SCHEMA, arrow.to_row
+        f"{out}/trajectories", arrow.TRAJECTORY_SCHEMA, _defused(arrow.to_row)
     )
     _ = passed | "WriteSFT" >> WriteRecords(
-        f"{out}/sft", arrow.SFT_SCHEMA, lambda pair: arrow.sft_row(*pair)
+        f"{out}/sft", arrow.SFT_SCHEMA, _defused(lambda pair: arrow.sft_row(*pair))
     )
     _ = rejected | "WriteRejected" >> WriteRecords(
-        f"{out}/rejected", arrow.REJECTED_SCHEMA, arrow.rejected_row
+        f"{out}/rejected", arrow.REJECTED_SCHEMA, _defused(arrow.rejected_row)
     )
-    _ = rl | "WriteRL" >> WriteRecords(f"{out}/rl", arrow.RL_SCHEMA, arrow.to_row)
+    _ = rl | "WriteRL" >> WriteRecords(f"{out}/rl", arrow.RL_SCHEMA, _defused(arrow.to_row))
     _ = failures | "WriteFailures" >> WriteRecords(
         f"{out}/failures", arrow.FAILURE_SCHEMA, _failure_row
     )
+
+
+def _defused(to_row: Callable[[Any], dict[str, Any]]) -> Callable[[Any], dict[str, Any]]:
+    return lambda record: defuse_written(to_row(record))
 
 
 def _failure_row(failure: Failure) -> dict[str, Any]:
@@ -146,13 +156,31 @@ def in_process_pipeline() -> beam.Pipeline:
     return beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions([]))
 
 
-def run(config: RunConfig, pipeline: beam.Pipeline | None = None) -> dict[str, Any]:
+def run(
+    config: RunConfig, pipeline: beam.Pipeline | None = None, force: bool = False
+) -> dict[str, Any]:
     """Run the mill for `config` and return the manifest it wrote.
 
     `config.out` may be a local folder or a URI (`gs://...`) that Beam's filesystems can write.
+    It must be empty, missing or an earlier run's folder (`force`: any folder but the root), and
+    no other run may hold it (`outdir.OutputError` before anything is deleted otherwise).
     Raises `RunStopped` when the run stopped early (Ctrl-C, failure brake); rerun to resume.
     """
+    outdir.check_path(config.out)
     out = storage.run_path(config.out)
+    try:
+        with outdir.locked(out):
+            outdir.claim(out, force)
+            return _run_claimed(config, pipeline, out)
+    except OSError as exc:
+        if storage.disk_full(exc):
+            raise RunStopped(_disk_full_message(out, None), 1) from None
+        raise
+
+
+def _run_claimed(
+    config: RunConfig, pipeline: beam.Pipeline | None, out: storage.RunPath
+) -> dict[str, Any]:
     _prepare_output(out)
     resume = checkpoints.prepare(config)
     reused = resume.reused()
@@ -177,9 +205,11 @@ def run(config: RunConfig, pipeline: beam.Pipeline | None = None) -> dict[str, A
         with _graceful_interrupt():
             result = pipeline.run()
             result.wait_until_finish()
-    except Exception:
+    except Exception as exc:
         if STOP.requested:
             raise RunStopped(_stopped_message(config, resume), STOP.exit_code) from None
+        if storage.disk_full(exc):
+            raise RunStopped(_disk_full_message(out, resume), 1) from None
         raise
     finally:
         STOP.reset()  # a stop belongs to this run; pipelines built later start clean
@@ -189,9 +219,22 @@ def run(config: RunConfig, pipeline: beam.Pipeline | None = None) -> dict[str, A
         config, out, result, started_at=started, finished_at=time.time(), reused=reused,
         checkpoint=f"{checkpoints.WORK}/{resume.key}",
     )
-    storage.write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
-    write_card(out, manifest)
+    try:
+        storage.write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+        write_card(out, manifest)
+    except OSError as exc:
+        if storage.disk_full(exc):
+            raise RunStopped(_disk_full_message(out, resume), 1) from None
+        raise
     return manifest
+
+
+def _disk_full_message(out: storage.RunPath, resume: checkpoints.Resume | None) -> str:
+    kept = f"Finished work is kept in {resume.root}; " if resume is not None else ""
+    return (
+        f"stopped: no space left on the device holding {out} (disk full or quota exceeded). "
+        f"{kept}free some space and run the same command again to resume."
+    )
 
 
 def _stopped_message(config: RunConfig, resume: checkpoints.Resume) -> str:
@@ -242,6 +285,8 @@ class _QuietStop(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
+        if storage.disk_full(error) or storage.disk_full(Exception(record.getMessage())):
+            return False  # said once, plainly, when the run stops
         return not isinstance(error, RunStopped)
 
 

@@ -32,6 +32,7 @@ from schemas.records import (
 )
 from simulators.episode import RoleClients, agent_system_message, run_episode
 from simulators.persona import make_persona
+from simulators.sandbox import require_sandbox
 from toolspecs.compose import DIFFICULTIES, choose_tools, write_agent, write_task
 from toolspecs.domain import load_domain
 from toolspecs.load import load_file, spec_files
@@ -224,6 +225,8 @@ class LoadDomain(beam.PTransform):
     def expand(self, pbegin: beam.pvalue.PBegin) -> Any:
         assert self.config.domain is not None
         domain = load_domain(self.config.domain)
+        if any(task.workspace is not None for task in domain.tasks):
+            require_sandbox()  # at start: a machine without sandboxes never runs task code
         return (
             pbegin | "DomainToolSpecs" >> beam.Create(domain.tools),
             pbegin | "DomainAgent" >> beam.Create([domain.agent]),
@@ -395,6 +398,7 @@ def rl_task(pair: tuple[Task, AgentSpec]) -> RLTask:
         initial_state=task.initial_state,
         expected_outcome=task.expected_outcome,
         tool_specs=[t.model_dump(mode="json") for t in agent.tools],
+        workspace=task.workspace,
     )
 
 

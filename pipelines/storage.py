@@ -8,6 +8,7 @@ path code. Local folders keep plain `pathlib` behaviour.
 
 from __future__ import annotations
 
+import errno
 import posixpath
 import re
 import shutil
@@ -101,3 +102,21 @@ def total_size(folder: str | Path, pattern: str = "*") -> int:
         return sum(p.stat().st_size for p in Path(folder).glob(pattern) if p.is_file())
     (result,) = FileSystems.match([f"{str(folder).rstrip('/')}/{pattern}"])
     return sum(m.size_in_bytes for m in result.metadata_list)
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "[Errno 28]", "[Errno 122]")
+
+
+def disk_full(error: BaseException | None) -> bool:
+    """Whether `error`, or an error it wraps, is a full disk or an exceeded quota. Beam re-raises
+    a worker's error as a RuntimeError holding only its text, so the text counts too."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _FULL:
+            return True
+        if any(text in str(error) for text in _FULL_TEXT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False

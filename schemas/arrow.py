@@ -67,6 +67,7 @@ TASK_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
         ("agent_id", pa.string()),
+        ("slot", pa.int64()),
         ("goal", pa.string()),
         ("user_knows", pa.list_(pa.string())),
         ("user_withholds", pa.list_(pa.string())),
@@ -74,6 +75,7 @@ TASK_SCHEMA = pa.schema(
         ("rubric", pa.string()),
         ("initial_state", pa.string()),
         ("expected_outcome", pa.string()),
+        ("workspace", pa.string()),
     ]
 )
 _TRAJECTORY_FIELDS = [
@@ -123,6 +125,7 @@ RL_SCHEMA = pa.schema(
         ("initial_state", pa.string()),
         ("expected_outcome", pa.string()),
         ("tool_specs", pa.string()),
+        ("workspace", pa.string()),
     ]
 )
 FAILURE_SCHEMA = pa.schema(
@@ -141,9 +144,9 @@ FAILURE_SCHEMA = pa.schema(
 _JSON_FIELDS: dict[type[BaseModel], set[str]] = {
     ToolSpec: {"parameters", "returns"},
     AgentSpec: {"tools"},
-    Task: {"rubric", "initial_state", "expected_outcome"},
+    Task: {"rubric", "initial_state", "expected_outcome", "workspace"},
     Trajectory: {"tools", "final_state", "token_counts", "models", "injected_faults"},
-    RLTask: {"tools", "rubric", "initial_state", "expected_outcome", "tool_specs"},
+    RLTask: {"tools", "rubric", "initial_state", "expected_outcome", "tool_specs", "workspace"},
     Failure: set(),
 }
 SCHEMAS: dict[type[BaseModel], pa.Schema] = {

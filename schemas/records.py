@@ -197,13 +197,71 @@ class Outcome(BaseModel):
         return not self.state and not self.facts
 
 
+WORKSPACE_PATH = re.compile(r"^(?!/)(?!.*(^|/)\.\.(/|$))[A-Za-z0-9_.\- /]{1,200}$")
+"""A workspace file's path: relative, no `..`, letters, digits, `_ . - /` and spaces."""
+
+
+def _check_paths(paths: Any, field: str) -> None:
+    for path in paths:
+        if not WORKSPACE_PATH.match(path) or "//" in path or path.endswith("/"):
+            raise ValueError(f"{field}: {path!r} is not a relative workspace path")
+
+
+class EmailExpectation(BaseModel):
+    """An email the task expects in the outbox: recipient, attachments, words in the subject."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: str = Field(min_length=3)
+    attachments: list[str] = Field(default_factory=list)
+    subject_contains: list[str] = Field(default_factory=list)
+
+
+class WorkspaceSpec(BaseModel):
+    """The files a task brings, and the checks its final files must pass.
+
+    `files` (path -> text) are the agent's initial workspace. `hidden_tests` (path -> pytest
+    file) are never shown to the agent: after the episode they run in a sandbox over its final
+    files, and the share that passes is the reward. `required_points` (path -> strings that must
+    appear in that file, case-insensitive), `min_headings` (path -> least number of Markdown
+    headings) and `emails` (what the outbox must hold) are checks on what the agent produced.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    files: dict[str, str] = Field(default_factory=dict)
+    hidden_tests: dict[str, str] = Field(default_factory=dict)
+    required_points: dict[str, list[str]] = Field(default_factory=dict)
+    min_headings: dict[str, int] = Field(default_factory=dict)
+    emails: list[EmailExpectation] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _relative_paths(self) -> WorkspaceSpec:
+        _check_paths(self.files, "files")
+        _check_paths(self.hidden_tests, "hidden_tests")
+        _check_paths(self.required_points, "required_points")
+        _check_paths(self.min_headings, "min_headings")
+        return self
+
+    def has_checks(self) -> bool:
+        return bool(self.hidden_tests or self.required_points or self.min_headings or self.emails)
+
+
 class Task(Record):
     """What a simulated user wants from an agent, and how success is judged."""
 
     id_prefix: ClassVar[str] = "task"
-    id_skips_defaults: ClassVar[frozenset[str]] = frozenset({"expected_outcome"})
+    id_skips_defaults: ClassVar[frozenset[str]] = frozenset(
+        {"expected_outcome", "slot", "workspace"}
+    )
 
     agent_id: str
+    slot: int | None = Field(
+        default=None,
+        description="The task's place in its run (its task index, or its entry in a domain's "
+        "tasks file). Part of the id: two identical tasks in two slots are two tasks, each "
+        "played once, so no stage keyed by task id ever merges them.",
+    )
     goal: str
     user_knows: list[str] = Field(default_factory=list)
     user_withholds: list[str] = Field(default_factory=list)
@@ -212,6 +270,11 @@ class Task(Record):
     initial_state: JsonObject = Field(default_factory=dict)
     expected_outcome: Outcome = Field(
         default_factory=Outcome, description="The verifiable end state and facts, for rewards."
+    )
+    workspace: WorkspaceSpec | None = Field(
+        default=None,
+        description="Files the task brings (run for real in a sandbox) and checks on the files "
+        "the agent leaves; None: no workspace.",
     )
 
 
@@ -360,7 +423,7 @@ class RLTask(Record):
 
     id_prefix: ClassVar[str] = "rl"
     id_skips_defaults: ClassVar[frozenset[str]] = frozenset(
-        {"expected_outcome", "user_knows", "user_withholds"}
+        {"expected_outcome", "user_knows", "user_withholds", "workspace"}
     )
 
     task_id: str
@@ -381,6 +444,9 @@ class RLTask(Record):
     expected_outcome: Outcome = Field(default_factory=Outcome)
     tool_specs: list[JsonObject] = Field(
         default_factory=list, description="Full ToolSpecs, so a rollout can simulate the tools."
+    )
+    workspace: WorkspaceSpec | None = Field(
+        default=None, description="The task's files and hidden checks, for sandboxed rollouts."
     )
 
 

@@ -13,11 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import jsonschema
-import referencing
-from jsonschema.validators import validator_for
-
 from schemas.records import Message, TokenCount
+from simulators import safe_schema
 from simulators.llm.base import ChatModel, Completion, ModelError, ModelOutputError, Sampling
 
 Usage = dict[str, TokenCount]
@@ -48,17 +45,17 @@ def merge_usage(into: Usage, other: Usage) -> None:
         target.wait_s = round(target.wait_s + tokens.wait_s, 4)
 
 
-NO_REMOTE = referencing.Registry()
+NO_REMOTE = safe_schema.NO_REMOTE
 """An empty registry: a `$ref` outside the schema is unresolvable instead of fetched (jsonschema
 would otherwise download it)."""
 
 
 def schema_errors(schema: dict[str, Any], value: Any) -> list[str]:
-    """Validation errors of `value` against `schema`, as `pointer: message` strings."""
-    cls = validator_for(schema, default=jsonschema.Draft202012Validator)
+    """Validation errors of `value` against `schema`, as `pointer: message` strings (regexes
+    bounded in time: `simulators.safe_schema`)."""
     return [
         f"/{'/'.join(str(p) for p in e.absolute_path)}: {e.message}"
-        for e in cls(schema, registry=NO_REMOTE).iter_errors(value)
+        for e in safe_schema.validator(schema).iter_errors(value)
     ]
 
 

@@ -40,6 +40,7 @@ from simulators.llm.base import ChatModel, ModelError, Sampling
 from simulators.persona import make_persona
 from simulators.tool_simulator import ToolSimulator, api_error
 from simulators.user_simulator import UserSimulator
+from simulators.workspace_tools import answerer, close_answerer, finish_answerer
 
 if TYPE_CHECKING:  # the episode module builds on this one
     from simulators.episode import EpisodeConfig
@@ -149,6 +150,7 @@ def task_from_rl(row: RLTask) -> tuple[Task, AgentSpec]:
         rubric=row.rubric,
         initial_state=row.initial_state,
         expected_outcome=row.expected_outcome,
+        workspace=row.workspace,
     )
     return task, agent
 
@@ -270,6 +272,7 @@ class Environment:
             self.user_model, self.task, self._persona, seeded(config.user, seed, 1),
             config.attempts, changes_mind,
         )
+        self.close()
         self._tools = self.make_tools(self, seed)
         self.messages = [agent_system_message(self.agent)]
         self._turns, self._tool_rounds, self._steps = 1, 0, 0
@@ -304,15 +307,15 @@ class Environment:
             self.messages.extend(answers)
             self._tool_rounds += 1
             if self._steps >= self.max_steps:
-                return self._finish(answers, "turn_limit")
+                return await self._finish(answers, "turn_limit")
             return StepResult(messages=answers, done=False)
         if self._turns >= self.config.max_turns or self._steps >= self.max_steps:
-            return self._finish([], "agent_final" if final else "turn_limit")
+            return await self._finish([], "agent_final" if final else "turn_limit")
         if final and not self.config.user_ends:
-            return self._finish([], "agent_final")
+            return await self._finish([], "agent_final")
         text, user_done = await self._roles(self._user.reply(self.messages, self.usage))
         if user_done:
-            return self._finish([], "user_stop")
+            return await self._finish([], "user_stop")
         reply = Message(role="user", content=text)
         self.messages.append(reply)
         self._turns += 1
@@ -325,14 +328,22 @@ class Environment:
             return await pending
         except RoleOutputError as exc:
             self.done = True
+            self.close()
             raise EpisodeError(str(exc), exc.role, exc.raw_output, self.usage) from exc
         except ModelError as exc:
             self.done = True
+            self.close()
             raise EpisodeError(f"model error: {exc}", usage=self.usage) from exc
 
-    def _finish(self, messages: list[Message], end_reason: EndReason) -> StepResult:
+    def close(self) -> None:
+        """Release what the tools hold (a task's workspace folder); the state stays readable."""
+        if self._tools is not None:
+            close_answerer(self._tools)
+
+    async def _finish(self, messages: list[Message], end_reason: EndReason) -> StepResult:
         assert self._user is not None and self._tools is not None and self._persona is not None
         self.done = True
+        await finish_answerer(self._tools)  # a workspace: final files and hidden tests
         self.end_reason = end_reason
         self.trajectory = Trajectory(
             task_id=self.task.id,
@@ -360,10 +371,11 @@ class Environment:
         return result
 
 
-def default_tools(env: Environment, seed: int) -> ToolSimulator:
-    """The tool simulator over the task's initial world, seeded like the mill's episodes."""
+def default_tools(env: Environment, seed: int) -> ToolAnswerer:
+    """The tool simulator over the task's initial world, seeded like the mill's episodes; for a
+    task that brings files, real workspace tools in a sandbox beside it."""
     config = env.config
-    return ToolSimulator(
+    simulator = ToolSimulator(
         env.tool_model,
         env.agent.tools,
         env.task.initial_state,
@@ -374,3 +386,4 @@ def default_tools(env: Environment, seed: int) -> ToolSimulator:
         allow_entrypoints=config.allow_entrypoints,
         entrypoint_timeout_s=config.entrypoint_timeout_s,
     )
+    return answerer(simulator, env.task.workspace)

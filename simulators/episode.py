@@ -106,7 +106,10 @@ async def run_episode(
         task, agent, models.user, models.tool, config, model_names=models.model_names()
     )
     await env.reset(seed, persona)
-    await drive(env, models.agent)
+    try:
+        await drive(env, models.agent)
+    finally:
+        env.close()  # a task's workspace folder goes, also when the episode fails
     assert env.trajectory is not None
     return env.trajectory
 

@@ -153,7 +153,8 @@ def test_sample_filters_by_verdict_domain_and_score(scripted_run: Path) -> None:
     assert shown_ids(by_domain.output) == {r["id"] for r in everything if r["domain"] == domain}
 
     good = runner.invoke(app, ["sample", str(scripted_run), "--min-score", "0.75", "-n", "100"])
-    expected = {r["id"] for r in everything if r["judge_score"] >= 0.75}
+    # Rows a check rejected have no judge score, and --min-score leaves them out.
+    expected = {r["id"] for r in everything if (r["judge_score"] or 0.0) >= 0.75}
     assert expected and shown_ids(good.output) == expected
     assert f"of {len(expected)} rows matching --min-score 0.75" in good.output
 

@@ -158,7 +158,7 @@ def test_cli_run_hands_arguments_after_the_separator_to_beam(
 ) -> None:
     seen: dict[str, Any] = {}
 
-    def fake_run(config: Any, pipeline: Any = None) -> dict[str, Any]:
+    def fake_run(config: Any, pipeline: Any = None, force: bool = False) -> dict[str, Any]:
         seen["config"], seen["pipeline"] = config, pipeline
         counts = {**dict.fromkeys(OUTPUT_FOLDERS, 0), "trajectories": 1, "rejected": 1}
         return {"counts": counts, "timings": {"wall_seconds": 0}, "reconcile": {"ok": True},
@@ -274,7 +274,7 @@ def test_run_folder_helpers_work_on_an_object_store(
     _prepare_output(out)
     left = {p.relative_to(bucket).as_posix() for p in bucket.rglob("*") if p.is_file()}
     assert {p for p in left if not p.startswith("runs/x/_work/")} == {
-        "runs/x-other/sft/keep.parquet"
+        "runs/x-other/sft/keep.parquet", "runs/x/.agentmill-run"  # the run folder's marker
     }
     # Checkpoints stay for a resume: the same config reuses them from the store, another
     # config's run deletes them.
@@ -295,6 +295,39 @@ def test_run_folder_helpers_work_on_an_object_store(
     assert not FileSystems.exists("fakegs://runs/x/manifest.json")
     with pytest.raises(FileNotFoundError):
         read_rows(out / "sft")
+
+
+def test_output_claim_and_lock_on_an_object_store(bucket: Path) -> None:
+    """A foreign prefix is refused, an empty or marked one claimed; the lock object names its
+    holder, refuses a second run while that holder lives and is taken over once it is gone."""
+    import socket
+
+    from pipelines import outdir
+
+    (bucket / "runs" / "theirs").mkdir(parents=True)
+    (bucket / "runs" / "theirs" / "notes.txt").write_text("mine")
+    with pytest.raises(outdir.OutputError, match="not an agentmill run folder"):
+        outdir.claim(storage.run_path("fakegs://runs/theirs"))
+    out = storage.run_path("fakegs://runs/new")
+    outdir.claim(out)
+    assert (bucket / "runs" / "new" / outdir.MARKER).is_file()
+    outdir.claim(out)  # marked: claimed again
+    with outdir.locked(out):
+        holder = json.loads((bucket / "runs" / "new" / outdir.LOCK).read_text())
+        assert holder["pid"] == os.getpid()
+        with pytest.raises(outdir.RunLocked, match=f"pid {os.getpid()}"), outdir.locked(out):
+            pass
+    assert not (bucket / "runs" / "new" / outdir.LOCK).exists()
+    dead = {"host": socket.gethostname(), "pid": 2**22 + 12345, "started": 0}
+    (bucket / "runs" / "new" / outdir.LOCK).write_text(json.dumps(dead))
+    with outdir.locked(out):  # its holder is gone: taken over
+        assert json.loads((bucket / "runs" / "new" / outdir.LOCK).read_text())["pid"] == (
+            os.getpid()
+        )
+    elsewhere = {**dead, "host": "another-host"}
+    (bucket / "runs" / "new" / outdir.LOCK).write_text(json.dumps(elsewhere))
+    with pytest.raises(outdir.RunLocked, match="another-host"), outdir.locked(out):
+        pass
 
 
 def test_the_pool_pipeline_translates_to_a_dataflow_job() -> None:

@@ -394,10 +394,12 @@ def test_reexport_into_the_same_folder_is_not_served_from_the_datasets_cache(
 ) -> None:
     out = tmp_path / "again"
     sizes = []
-    for fraction in (0.25, 0.6):
+    # 0 then 0.5: the splits differ for any run with two or more passing rows (the scripted
+    # fixture's count varies with the order its episodes finish in).
+    for fraction in (0.0, 0.5):
         export(scripted_run, "hermes", out, shards=2, val_fraction=fraction)
         sizes.append({k: len(v) for k, v in load_dataset(str(out)).items()})
-    assert sizes[0] != sizes[1]
+    assert "validation" not in sizes[0] and "validation" in sizes[1]
     assert sizes[1]["validation"] == json.loads((out / "export.json").read_text())["splits"][
         "validation"
     ]["rows"]

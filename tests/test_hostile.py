@@ -18,7 +18,7 @@ from pipelines.run import run
 from simulators.llm import registry
 from simulators.llm.registry import ModelConfig
 from simulators.llm.scripted import ScriptedModel, ScriptRequest, schema_instance
-from simulators.llm.toolcall import ZERO_WIDTH_SPACE
+from simulators.llm.toolcall import ZERO_WIDTH_SPACE, defuse_markers
 from tests import helpers
 from tests.test_pipeline import scripted_config
 
@@ -138,9 +138,13 @@ def test_the_mill_runs_hostile_specs_and_outputs_without_obeying_them(
     # Role markers cannot open a turn: every one reaches the model broken by a zero-width space.
     assert "<|im_start|>" not in prompts and "[INST]" not in prompts
     assert f"<{ZERO_WIDTH_SPACE}|im_start|>" in prompts
-    # The records keep the text as it was.
+    # The records keep the text, with control tokens broken as in prompts (it is trained on).
     descriptions = read_column(out / "toolspecs", "description")
-    assert any(MARKER in d and JINJA_EXPR in d for d in descriptions)
+    assert any(defuse_markers(MARKER) in d and JINJA_EXPR in d for d in descriptions)
+    assert not any(MARKER in d for d in descriptions)
+    finals = [m["content"] or "" for t in read_rows(out / "trajectories") for m in t["messages"]]
+    assert any(defuse_markers(MARKER) in c for c in finals)
+    assert not any(MARKER in c for c in finals)
 
     # Nothing was executed, fetched, or written outside --out.
     assert no_network == []

@@ -77,8 +77,18 @@ def feeds(producer: ToolSpec, consumer: ToolSpec) -> bool:
 def choose_tools(
     pool: Sequence[ToolSpec], slot: int, seed: int, min_tools: int = 3, max_tools: int = 8
 ) -> tuple[str, list[ToolSpec]]:
-    """A coherent tool set for agent `slot`: one domain, 3-8 tools, chained where possible."""
-    groups = {d: tools for d, tools in by_domain(pool).items() if len(tools) >= min_tools}
+    """A coherent tool set for agent `slot`: one domain, 3-8 tools, chained where possible.
+
+    Names are unique within the set: two spec files (or two MCP servers) may both define a
+    `search`, but an agent offered both could not tell them apart, so only the first is kept.
+    """
+    groups = {}
+    for d, candidates in by_domain(pool).items():
+        named: dict[str, ToolSpec] = {}
+        for tool in candidates:
+            named.setdefault(tool.name, tool)
+        if len(named) >= min_tools:
+            groups[d] = list(named.values())
     if not groups:
         raise ValueError(f"no domain has {min_tools} or more tools")
     domains = sorted(groups)
@@ -275,6 +285,7 @@ async def write_task(
         criteria.append(DECLINE_CRITERION)
     return Task(
         agent_id=agent.id,
+        slot=index,
         goal=" ".join(str(answer["goal"]).split()),
         user_knows=list(answer["user_knows"]),
         user_withholds=list(answer["user_withholds"]),

@@ -7,7 +7,10 @@ of each problem; one bad entry never stops the rest of its file, nor a bad file 
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +31,86 @@ a larger one would not fit a prompt, and validating it takes seconds."""
 MAX_SPEC_DEPTH = 64
 """JSON nesting a tool's spec may have (real MCP tools reach 17); deeper ones would exhaust
 Python's recursion in schema validation."""
+
+
+MAX_FILE_BYTES = 256 * 1024 * 1024
+"""An input file (spec, domain file, config) may be this large; the 1,060 shared MCP servers
+take 2.3 MB."""
+MAX_INT_DIGITS = 300
+"""Digits an integer literal in an input may have: beyond a float's range no JSON reader that
+uses doubles agrees on its value, and 4,300 digits is where Python refuses to parse one."""
+
+
+class InputError(ValueError):
+    """An input file that cannot be read as data; `kind` names the reason (the Failure's
+    error_type), the message names the file."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"),
+)
+
+
+def read_input(path: str | Path, limit: int = MAX_FILE_BYTES) -> str:
+    """The UTF-8 text of an input file, refusing what is not a regular file (a pipe or a device
+    would block or never end) or is larger than `limit`; InputError names the file and why."""
+    try:
+        info = os.stat(path)  # follows links: a link to /dev/zero is a device
+    except FileNotFoundError:
+        raise InputError("FileNotFoundError", f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(type(exc).__name__, f"{path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "not a file")
+        raise InputError("NotARegularFile", f"{path}: is {kind}, not a regular file; refused")
+    if info.st_size > limit:
+        raise InputError("FileTooLarge", f"{path}: {info.st_size:,} bytes, more than {limit:,}")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # never wait on a swapped-in pipe
+        with os.fdopen(fd, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise InputError(type(exc).__name__, f"{path}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise InputError("FileTooLarge", f"{path}: more than {limit:,} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError("UnicodeDecodeError", f"{path}: not UTF-8: {exc}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise InputError("NotStandardJSON", f"{name} is not standard JSON (no reader agrees on it)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise InputError("NotStandardJSON", f"number {text[:40]} is beyond a float's range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise InputError(
+            "NumberTooLong", f"an integer of {len(text.lstrip('-')):,} digits (more than "
+            f"{MAX_INT_DIGITS})"
+        )
+    return int(text)
+
+
+def loads_json(text: str) -> Any:
+    """`json.loads` for inputs: NaN, Infinity, numbers beyond a float's range and integers of
+    more than MAX_INT_DIGITS digits raise InputError instead of passing as non-standard JSON
+    (or, at 4,300 digits, a bare ValueError)."""
+    return json.loads(
+        text, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_bounded_int
+    )
 
 
 @dataclass(frozen=True)
@@ -59,20 +142,17 @@ def load_file(path: str | Path) -> Iterator[ToolSpec | Failure]:
     """Every tool of one file, as a ToolSpec or a Failure; never raises for bad content."""
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        yield _file_failure(path, "FileNotFoundError", "no such file")
-        return
-    except UnicodeDecodeError as exc:
-        yield _file_failure(path, "UnicodeDecodeError", f"not UTF-8: {exc}")
-        return
-    except OSError as exc:
-        yield _file_failure(path, type(exc).__name__, str(exc))
+        text = read_input(path)
+    except InputError as exc:
+        yield _file_failure(path, exc.kind, str(exc).removeprefix(f"{path}: "))
         return
     try:
         documents = _documents(path, text)
     except json.JSONDecodeError as exc:
         yield _file_failure(path, "JSONDecodeError", f"not JSON: {exc}")
+        return
+    except InputError as exc:
+        yield _file_failure(path, exc.kind, str(exc))
         return
     except RecursionError:
         yield _file_failure(path, "SpecTooDeep", "JSON nested too deeply to read")
@@ -254,8 +334,8 @@ def _normalize(entry: dict[str, Any], default_domain: str) -> tuple[dict[str, An
 
 def _documents(path: Path, text: str) -> list[Any]:
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    return [json.loads(text)]
+        return [loads_json(line) for line in text.splitlines() if line.strip()]
+    return [loads_json(text)]
 
 
 def _entries(documents: list[Any], default_domain: str) -> Iterator[tuple[str, Any, str]]:

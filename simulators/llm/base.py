@@ -45,6 +45,12 @@ class ModelError(RuntimeError):
     """A backend could not produce an answer (transport, server or engine error)."""
 
 
+class ModelUnavailable(ModelError):
+    """The model's server or engine stayed down past its bound (`server_wait_s`, engine
+    restarts): every further request would fail the same way, so the run stops instead of
+    dead-lettering all its work."""
+
+
 class ModelOutputError(ValueError):
     """A model answered, but the answer cannot be used (not JSON, wrong schema, truncated)."""
 

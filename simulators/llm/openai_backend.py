@@ -19,6 +19,7 @@ import email.utils
 import json
 import random
 import ssl
+import sys
 import time
 from typing import Any
 
@@ -30,6 +31,7 @@ from simulators.llm.base import (
     ConstrainedChatModel,
     ModelError,
     ModelOutputError,
+    ModelUnavailable,
     RawCompletion,
     Sampling,
 )
@@ -79,6 +81,7 @@ class OpenAIChatModel(ConstrainedChatModel):
         self._rng = random.Random()
         self._tls: ssl.SSLContext | None = None
         self._transport = transport
+        self._down_since: float | None = None
 
     # -- transport -------------------------------------------------------------------------------
 
@@ -153,16 +156,37 @@ class OpenAIChatModel(ConstrainedChatModel):
             self.requests += 1
             attempt = 0
             malformed = 0
+            down_since: float | None = None
+            waits = 0
             while True:
                 retry_after: float | None = None
                 try:
                     response = await self._send(payload)
+                except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+                    # Nothing listening: the server is down or restarting. Wait for it, bounded
+                    # by server_wait_s, without spending the retry budget on it.
+                    now = time.monotonic()
+                    down_since = down_since or now
+                    if now - down_since >= self.config.server_wait_s:
+                        raise ModelUnavailable(
+                            f"{self.name}: {self._url} refused connections for "
+                            f"{now - down_since:.0f} s ({type(e).__name__}); start the server "
+                            "and run the same command again to resume"
+                        ) from None
+                    self._outage(type(e).__name__)
+                    waits += 1
+                    self.retries += 1
+                    left = self.config.server_wait_s - (now - down_since)
+                    await asyncio.sleep(max(0.01, min(self._delay(waits, None), left)))
+                    continue
                 except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as e:
                     problem = f"{type(e).__name__}"
                 except httpx.HTTPError as e:
                     raise ModelError(f"{self.name}: {type(e).__name__} for {self._url}") from None
                 else:
                     status = response.status_code
+                    if self._down_since is not None:
+                        self._back()
                     if status == 200:
                         data = _decode(response.content)
                         if data is not None:
@@ -185,6 +209,26 @@ class OpenAIChatModel(ConstrainedChatModel):
                 attempt += 1
                 self.retries += 1
                 await asyncio.sleep(self._delay(attempt, retry_after))
+
+    def _outage(self, error: str) -> None:
+        """Say once per outage, on the console, that requests wait for the server."""
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            print(
+                f"agentmill: model server {self.config.base_url} is not answering ({error}); "
+                f"requests wait for it, retrying with backoff, up to "
+                f"{self.config.server_wait_s:.0f} s",
+                file=sys.stderr, flush=True,
+            )
+
+    def _back(self) -> None:
+        if self._down_since is not None:
+            print(
+                f"agentmill: model server {self.config.base_url} answers again after "
+                f"{time.monotonic() - self._down_since:.0f} s; the waiting requests go on",
+                file=sys.stderr, flush=True,
+            )
+            self._down_since = None
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         """Exponential backoff with jitter, or the server's Retry-After when it gives one."""

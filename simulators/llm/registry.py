@@ -54,6 +54,20 @@ class ModelConfig(BaseModel):
     api_key: SecretStr | None = Field(default=None, description="Never written to a manifest.")
     timeout_s: float = 120.0
     max_retries: int = 4
+    server_wait_s: float = Field(
+        default=300.0,
+        ge=0.0,
+        description="How long requests wait, retrying with backoff, for a server that refuses "
+        "connections (down or restarting) before the run stops; not in the fingerprint.",
+    )
+    # vllm backend (also)
+    engine_restarts: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="Times a client restarts an in-process vLLM engine that died (EngineDead"
+        "Error) before the run stops; not in the fingerprint.",
+    )
     # vllm backend
     max_model_len: int = 4096
     max_num_seqs: int = 64

@@ -40,6 +40,34 @@ def defuse_markers(text: str) -> str:
     return ROLE_MARKER.sub(lambda m: m.group(0)[0] + ZERO_WIDTH_SPACE + m.group(0)[1:], text)
 
 
+def defuse_written(value: Any) -> Any:
+    """`value` (a row about to be written: dicts, lists, text) with every control token broken.
+
+    Stored tool arguments and results become training data, where a chat template renders
+    them and a tokenizer would turn `<|im_start|>` back into a turn. JSON text is also checked
+    decoded, since `\\u003c|im_start|>` or `<\\/s>` only becomes the marker once parsed.
+    """
+    if isinstance(value, str):
+        return _defuse_text(value)
+    if isinstance(value, dict):
+        return {key: defuse_written(child) for key, child in value.items()}
+    if isinstance(value, list):
+        return [defuse_written(child) for child in value]
+    return value
+
+
+def _defuse_text(text: str) -> str:
+    text = defuse_markers(text)
+    if "\\" not in text or text.lstrip()[:1] not in ('{', '[', '"'):
+        return text
+    try:
+        decoded = json.loads(text)
+    except ValueError:
+        return text
+    cleaned = defuse_written(decoded)
+    return text if cleaned == decoded else json.dumps(cleaned, ensure_ascii=False)
+
+
 def render_tools(tools: list[dict[str, Any]]) -> str:
     """The tool list as prompt text; byte-identical for the same tools."""
     lines = ["You can call these tools:"]

@@ -9,11 +9,13 @@ first request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
 import multiprocessing
 import os
+import sys
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -23,6 +25,7 @@ from simulators.llm.base import (
     Completion,
     ConstrainedChatModel,
     ModelError,
+    ModelUnavailable,
     RawCompletion,
     Sampling,
 )
@@ -38,6 +41,14 @@ engine_log = logging.getLogger("agentmill.engine")
 progress can say what the silence of a starting engine is."""
 
 
+class _EngineDied(Exception):
+    """The engine died under a request (EngineDeadError, or any error once it is `errored`)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class VLLMChatModel(ConstrainedChatModel):
     """A chat model served by an in-process vLLM engine, with xgrammar-constrained JSON."""
 
@@ -50,6 +61,7 @@ class VLLMChatModel(ConstrainedChatModel):
         self._tokenizer: Any = None
         self._tool_parser: Any = None
         self._closed = False
+        self._restarts = 0
         # Created unbound: asyncio primitives attach to the loop that first waits on them.
         self._start_lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(config.max_in_flight)
@@ -84,53 +96,17 @@ class VLLMChatModel(ConstrainedChatModel):
         tools: list[dict[str, Any]] | None = None,
     ) -> RawCompletion:
         async with self._slots:
-            engine = await self._ensure_engine()
-            # Cheap: `_import_vllm` has already imported these.
-            from vllm.exceptions import VLLMClientError
-            from vllm.inputs import tokens_input
-            from vllm.sampling_params import (
-                RequestOutputKind,
-                SamplingParams,
-                StructuredOutputsParams,
-            )
-            from vllm.v1.engine.exceptions import EngineDeadError
-
-            prompt = self._tokenizer.apply_chat_template(
-                messages,
-                tools=tools,
-                add_generation_prompt=True,
-                tokenize=False,
-                **self.config.chat_template_kwargs,
-            )
-            # The template already wrote any BOS; encoding must not add a second one.
-            prompt_ids = self._tokenizer.encode(prompt, add_special_tokens=False)
-            params = SamplingParams(
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                max_tokens=sampling.max_tokens,
-                seed=sampling.seed,
-                output_kind=RequestOutputKind.FINAL_ONLY,
-                # Native tool-call markers are special tokens in several models' vocabularies.
-                skip_special_tokens=tools is None,
-                structured_outputs=(
-                    StructuredOutputsParams(json=schema) if schema is not None else None
-                ),
-            )
-            request_id = f"agentmill-{uuid.uuid4().hex}"
-            final = None
-            try:
-                async for output in engine.generate(
-                    tokens_input(prompt_ids, prompt=prompt), params, request_id
-                ):
-                    final = output
-            except VLLMClientError as exc:
-                raise ModelError(_request_error(self.name, exc, schema)) from exc
-            except EngineDeadError as exc:
-                raise ModelError(f"{self.name}: the vLLM engine died: {exc}") from exc
-            except Exception as exc:
-                if isinstance(exc.__cause__, VLLMClientError | ValueError):
-                    raise ModelError(_request_error(self.name, exc.__cause__, schema)) from exc
-                raise ModelError(f"{self.name}: generation failed: {exc!r}") from exc
+            while True:
+                engine = await self._ensure_engine()
+                try:
+                    final, prompt_ids, request_id = await self._request(
+                        engine, messages, schema, sampling, tools
+                    )
+                    break
+                except _EngineDied as died:
+                    # Its in-flight requests all land here; the first restarts the engine, each
+                    # then asks the new one again.
+                    await self._restart(engine, died.error)
         if final is None or not final.outputs:
             raise ModelError(f"{self.name}: request {request_id} ended without output")
         choice = final.outputs[0]
@@ -142,6 +118,66 @@ class VLLMChatModel(ConstrainedChatModel):
             completion_tokens=len(choice.token_ids),
             finish_reason=choice.finish_reason,
         )
+
+    async def _request(
+        self,
+        engine: AsyncLLM,
+        messages: list[dict[str, Any]],
+        schema: dict[str, Any] | None,
+        sampling: Sampling,
+        tools: list[dict[str, Any]] | None,
+    ) -> tuple[Any, list[int], str]:
+        """One generation on `engine`: its final output, prompt ids and request id; raises
+        _EngineDied when the engine is dead."""
+        # Cheap: `_import_vllm` has already imported these.
+        from vllm.exceptions import VLLMClientError
+        from vllm.inputs import tokens_input
+        from vllm.sampling_params import (
+            RequestOutputKind,
+            SamplingParams,
+            StructuredOutputsParams,
+        )
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        prompt = self._tokenizer.apply_chat_template(
+            messages,
+            tools=tools,
+            add_generation_prompt=True,
+            tokenize=False,
+            **self.config.chat_template_kwargs,
+        )
+        # The template already wrote any BOS; encoding must not add a second one.
+        prompt_ids = self._tokenizer.encode(prompt, add_special_tokens=False)
+        params = SamplingParams(
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            seed=sampling.seed,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+            # Native tool-call markers are special tokens in several models' vocabularies.
+            skip_special_tokens=tools is None,
+            structured_outputs=(
+                StructuredOutputsParams(json=schema) if schema is not None else None
+            ),
+        )
+        request_id = f"agentmill-{uuid.uuid4().hex}"
+        final = None
+        try:
+            async for output in engine.generate(
+                tokens_input(prompt_ids, prompt=prompt), params, request_id
+            ):
+                final = output
+        except VLLMClientError as exc:
+            raise ModelError(_request_error(self.name, exc, schema)) from exc
+        except EngineDeadError as exc:
+            raise _EngineDied(exc) from exc
+        except Exception as exc:
+            if isinstance(exc.__cause__, VLLMClientError | ValueError):
+                raise ModelError(_request_error(self.name, exc.__cause__, schema)) from exc
+            if getattr(engine, "errored", False):  # e.g. "RPC call to execute_model timed out"
+                raise _EngineDied(exc) from exc
+            raise ModelError(f"{self.name}: generation failed: {exc!r}") from exc
+        return final, prompt_ids, request_id
 
     async def _ensure_engine(self) -> AsyncLLM:
         if self._engine is not None:
@@ -163,6 +199,30 @@ class VLLMChatModel(ConstrainedChatModel):
                 engine_log.info("engine for %s ready in %.0f s", self.name, seconds,
                                 extra={**event, "engine_event": "ready", "seconds": seconds})
         return self._engine
+
+    async def _restart(self, dead: AsyncLLM, error: BaseException) -> None:
+        """Replace a dead engine (once, whoever notices first), with backoff, at most
+        `engine_restarts` times per client; beyond that ModelUnavailable stops the run."""
+        async with self._start_lock:
+            if self._engine is dead:
+                self._engine = None
+                self._restarts += 1
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(dead.shutdown)
+                limit = self.config.engine_restarts
+                if self._restarts <= limit:
+                    print(
+                        f"agentmill: the vLLM engine of {self.name} died ({error}); restarting "
+                        f"it ({self._restarts} of {limit}), its requests are asked again",
+                        file=sys.stderr, flush=True,
+                    )
+                    await asyncio.sleep(min(30.0, 2.0 ** (self._restarts - 1)))
+            if self._restarts > self.config.engine_restarts:
+                raise ModelUnavailable(
+                    f"{self.name}: the vLLM engine died {self._restarts} times (last: {error}); "
+                    "with fewer engines or processes sharing the CPU, run the same command "
+                    "again to resume"
+                )
 
     def _start_engine(self) -> AsyncLLM:
         from vllm.config import StructuredOutputsConfig

@@ -1,0 +1,5 @@
+from cipher import encode
+
+
+def test_encode():
+    assert encode("abc", 1) == "bcd"

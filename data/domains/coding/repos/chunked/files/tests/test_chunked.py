@@ -1,0 +1,5 @@
+from batching import DEFAULT_SIZE
+
+
+def test_default():
+    assert DEFAULT_SIZE == 10

@@ -1,0 +1,1 @@
+"""Caches for the service."""

@@ -1,0 +1,5 @@
+import cache
+
+
+def test_module():
+    assert cache.__doc__

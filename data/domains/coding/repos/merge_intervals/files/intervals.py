@@ -1,0 +1,3 @@
+def length(interval):
+    start, end = interval
+    return end - start

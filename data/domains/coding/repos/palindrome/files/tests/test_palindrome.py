@@ -1,0 +1,5 @@
+from palindrome import is_palindrome
+
+
+def test_word():
+    assert is_palindrome("level")

@@ -1,0 +1,5 @@
+from durations import SECONDS
+
+
+def test_units():
+    assert SECONDS["m"] == 60

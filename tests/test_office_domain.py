@@ -1,0 +1,87 @@
+"""The office domain: a report in the workspace, real computations over it, an outline file and
+an email whose attachment must exist; the reward checks the outline's points and the outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from filters.reward import score_trajectory
+from simulators.episode import EpisodeConfig, RoleClients, run_episode
+from simulators.persona import make_persona
+from tests.helpers import agent_calls, agent_reply, role_model
+from toolspecs.domain import load_domain
+
+OFFICE = Path(__file__).resolve().parents[1] / "data" / "domains" / "office"
+SLIDES = """# Q3 sales
+# Total revenue: 751,860 USD
+# By region: East leads with 219,840 USD
+# Best month: July
+# Next steps
+"""
+
+
+def play(agent_turns: list[str]):
+    domain = load_domain(OFFICE)
+    task = domain.tasks[0]
+    queue = list(agent_turns)
+
+    def user(request):
+        if "done" in request.schema["properties"]:
+            return {"message": "Great, thanks.", "done": True}
+        return {"message": "Please make the Q3 slides and send them to Dana."}
+
+    model = role_model({"agent": lambda r: queue.pop(0), "user": user})
+    trajectory = asyncio.run(run_episode(
+        task, domain.agent, make_persona("office"),
+        RoleClients(user=model, agent=model, tool=model),
+        EpisodeConfig(failure_rate=0.0, max_tool_rounds=5), 3,
+    ))
+    answers = [json.loads(m.content or "{}") for m in trajectory.messages if m.role == "tool"]
+    return trajectory, task, answers
+
+
+def test_the_office_domain_loads_with_its_report() -> None:
+    domain = load_domain(OFFICE)
+    assert domain.failures == [] and len(domain.tasks) == 5
+    assert {"summarize_table", "send_email", "write_file", "find_contact"} <= {
+        t.name for t in domain.tools
+    }
+    for task in domain.tasks:
+        assert task.workspace is not None and "reports/q3_sales.csv" in task.workspace.files
+
+
+def test_slides_computed_from_the_report_and_emailed_earn_the_reward() -> None:
+    trajectory, task, answers = play([
+        agent_calls(("summarize_table", {"path": "reports/q3_sales.csv", "column": "revenue",
+                                         "op": "sum"})),
+        agent_calls(("summarize_table", {"path": "reports/q3_sales.csv", "column": "revenue",
+                                         "op": "sum", "group_by": "region"})),
+        agent_calls(("write_file", {"path": "slides.md", "content": SLIDES})),
+        agent_calls(("send_email", {"to": "dana.whitfield@example.com", "subject": "Q3 deck",
+                                    "body": "Attached.", "attachments": ["slides.md"]})),
+        agent_reply("Sent the five-slide outline to Dana.", final=True),
+    ])
+    assert answers[0]["result"] == 751860  # computed over the real file, not simulated
+    assert answers[1]["results"]["East"] == 219840
+    assert answers[3]["status"] == "sent"
+    final = trajectory.final_state["workspace"]
+    assert final["outbox"][0]["attachments"][0]["sha256"] == final["files"]["slides.md"]["sha256"]
+    reward = score_trajectory(trajectory, task)
+    assert reward.reward == 1.0, reward.reasons
+
+
+def test_an_email_whose_attachment_does_not_exist_is_refused_and_not_rewarded() -> None:
+    trajectory, task, answers = play([
+        agent_calls(("send_email", {"to": "dana.whitfield@example.com", "subject": "Q3 deck",
+                                    "body": "Attached.", "attachments": ["slides.md"]})),
+        agent_calls(("write_file", {"path": "slides.md", "content": "# Q3\nTBD\n"})),
+        agent_reply("I wrote a first draft.", final=True),
+    ])
+    assert answers[0]["error"]["type"] == "file_not_found"
+    assert trajectory.final_state["workspace"]["outbox"] == []
+    reward = score_trajectory(trajectory, task)
+    assert reward.reward is not None and reward.reward < 0.2
+    assert any("email: nothing sent to dana.whitfield@example.com" in r for r in reward.reasons)
+    assert any("does not say '751,860'" in r for r in reward.reasons)
