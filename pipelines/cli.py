@@ -540,8 +540,7 @@ def import_command(
     out: Annotated[Path, typer.Option(help="Folder for specs/, failures/, import_report.json.")],
 ) -> None:
     """Convert real specs to ToolSpecs: known flaws repaired, the rest refused; with a report."""
-    from pipelines.pool import import_specs
-    from toolspecs.importers import FORMATS
+    from toolspecs.importers import FORMATS, import_specs
 
     if source not in FORMATS:
         err.print(f"[red]error:[/red] --from must be one of {', '.join(FORMATS)}, not {source!r}")
@@ -580,7 +579,7 @@ def synth_command(
     """Grow a taxonomy and evolve new tools from seeds; dedup; write the pool and its report."""
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     from pipelines.pool import PoolConfig, run_synth
-    from simulators.llm.registry import ModelConfig
+    from simulators.llm.config import ModelConfig
 
     fields: dict[str, Any] = {"backend": backend, "model": model, "base_url": base_url}
     api_key = os.environ.get("AGENTMILL_API_KEY") or os.environ.get("OPENAI_API_KEY")

@@ -353,7 +353,7 @@ def start_estimate(model: str) -> float | None:
         known = json.loads(_starts_path().read_text())
         return float(known[model])
     except (OSError, ValueError, KeyError, TypeError):
-        from simulators.llm.registry import EMBEDDED_MODEL
+        from simulators.llm.config import EMBEDDED_MODEL
 
         return EMBEDDED_START_S if model.endswith(EMBEDDED_MODEL) else None
 

@@ -18,7 +18,7 @@ from typing import Any
 from pipelines.cli import app
 from simulators.llm import registry
 from simulators.llm.base import RawCompletion
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 from simulators.llm.scripted import ScriptedModel
 
 
