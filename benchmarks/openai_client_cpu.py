@@ -96,8 +96,8 @@ async def run_all(base_url: str, requests: int, concurrency: int) -> dict[str, f
 
     from schemas.records import Message
     from simulators.llm.base import Sampling
+    from simulators.llm.config import ModelConfig
     from simulators.llm.openai_backend import OpenAIChatModel
-    from simulators.llm.registry import ModelConfig
 
     warmup = max(concurrency * 2, 200)
     messages = [

@@ -28,7 +28,8 @@ from schemas.records import (
     content_id,
 )
 from simulators.ask import RoleOutputError, Usage, ask, merge_usage
-from simulators.llm.base import ChatModel, Completion, ModelOutputError, Sampling
+from simulators.llm.base import ChatModel, Completion, Sampling
+from simulators.llm.errors import ModelOutputError
 
 MAX_TRANSCRIPT_CHARS = 6000
 """Transcript budget: enough for a typical episode, small enough for a 4k-token context."""

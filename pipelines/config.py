@@ -18,7 +18,7 @@ from filters.reward import RewardConfig
 from schemas.records import canonical_json
 from simulators.episode import EpisodeConfig
 from simulators.llm.base import Sampling
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 
 ROLES = ("user", "agent", "tool", "judge", "synthesizer")
 MAX_EPISODES = 10_000_000

@@ -15,9 +15,9 @@ from pydantic import BaseModel
 from schemas.records import (
     AgentSpec,
     Failure,
+    JudgedTrajectory,
     Judgement,
     Message,
-    RejectedTrajectory,
     RLTask,
     Task,
     ToolSpec,
@@ -196,7 +196,12 @@ def sft_row(trajectory: Trajectory, judgement: Judgement) -> dict[str, Any]:
     return {**to_row(trajectory), "judge_score": judgement.score, "reward": judgement.reward}
 
 
-def rejected_row(rejected: RejectedTrajectory) -> dict[str, Any]:
+def passed_row(judged: JudgedTrajectory) -> dict[str, Any]:
+    """An sft/ row from a judged trajectory that passed."""
+    return sft_row(judged.trajectory, judged.judgement)
+
+
+def rejected_row(rejected: JudgedTrajectory) -> dict[str, Any]:
     """A rejected trajectory with the full judgement, so a user can see why."""
     judgement = rejected.judgement
     return {

@@ -458,8 +458,9 @@ class RLTask(Record):
     )
 
 
-class RejectedTrajectory(BaseModel):
-    """A trajectory that failed a check or the judge, kept with the verdict."""
+class JudgedTrajectory(BaseModel):
+    """A trajectory with its verdict, passed or not: the judge stage's one output record
+    (`judgement.passed` sends it to sft/ or rejected/)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -469,3 +470,7 @@ class RejectedTrajectory(BaseModel):
     @property
     def id(self) -> str:
         return self.trajectory.id
+
+
+RejectedTrajectory = JudgedTrajectory
+"""The name rejected/ rows had before passed ones shared the record."""

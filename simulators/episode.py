@@ -19,7 +19,8 @@ from simulators.environment import (
     agent_system_message,
     seeded,
 )
-from simulators.llm.base import ChatModel, Completion, ModelError, Sampling
+from simulators.llm.base import ChatModel, Completion, Sampling
+from simulators.llm.errors import ModelError
 
 __all__ = [
     "EpisodeConfig",

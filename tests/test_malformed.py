@@ -19,13 +19,13 @@ import pytest
 from filters.judge import JudgeError, judge
 from pipelines import runtime
 from pipelines.config import ROLES, ConfigError, load_config
-from pipelines.run import in_process_pipeline
+from pipelines.shared import in_process_pipeline
 from pipelines.stages import RunEpisodes
 from schemas.records import AgentSpec, Failure, Persona, Task, ToolSpec, Trajectory
 from simulators.ask import RoleOutputError
 from simulators.episode import EpisodeConfig, EpisodeError, RoleClients, run_episode
 from simulators.llm import registry
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 from simulators.llm.scripted import ScriptedModel
 from tests import helpers
 from toolspecs.load import load_paths

@@ -25,17 +25,11 @@ from typing import Any
 
 import httpx
 
-from schemas.records import FunctionCall, Message, ToolCall, content_id
-from simulators.llm.base import (
-    Completion,
-    ConstrainedChatModel,
-    ModelError,
-    ModelOutputError,
-    ModelUnavailable,
-    RawCompletion,
-    Sampling,
-)
-from simulators.llm.registry import ModelConfig
+from schemas.records import Message, ToolCall
+from simulators.llm.base import Completion, ConstrainedChatModel, RawCompletion, Sampling
+from simulators.llm.config import ModelConfig
+from simulators.llm.errors import ModelError, ModelUnavailable
+from simulators.llm.toolcall import native_calls
 
 RETRYABLE_4XX = frozenset({408, 429})
 """Client errors worth a retry: a server-side timeout and rate limiting. Any 5xx is retried too."""
@@ -303,42 +297,10 @@ class OpenAIChatModel(ConstrainedChatModel):
 
         def parse() -> tuple[str, list[ToolCall], list[dict[str, Any]]]:
             salt = f"{len(messages)}:{sampling.seed}"
-            calls, decoded = _native_calls(message.get("tool_calls") or [], salt, text)
+            calls, decoded = native_calls(message.get("tool_calls") or [], salt, text)
             return text, calls, decoded
 
         return self.native_completion(raw, sampling, parse)
-
-
-def _native_calls(
-    raw_calls: list[Any], salt: str, text: str
-) -> tuple[list[ToolCall], list[dict[str, Any]]]:
-    """Server `tool_calls` as records, plus their decoded form; unusable calls are output errors."""
-    calls: list[ToolCall] = []
-    decoded: list[dict[str, Any]] = []
-    for index, raw in enumerate(raw_calls):
-        function = raw.get("function") if isinstance(raw, dict) else None
-        name = function.get("name") if isinstance(function, dict) else None
-        if not isinstance(name, str) or not name:
-            raise ModelOutputError(f"tool call {index} has no name", text)
-        arguments = function.get("arguments")  # type: ignore[union-attr]
-        if isinstance(arguments, str):
-            try:
-                value = json.loads(arguments) if arguments.strip() else {}
-            except json.JSONDecodeError as exc:
-                raise ModelOutputError(
-                    f"tool call {index} arguments are not JSON: {exc}", text
-                ) from exc
-        else:
-            value = arguments if arguments is not None else {}
-        call_id = raw.get("id") or "call_" + content_id("c", [salt, index, name, value])[2:18]
-        calls.append(
-            ToolCall(
-                id=call_id,
-                function=FunctionCall(name=name, arguments=json.dumps(value, ensure_ascii=False)),
-            )
-        )
-        decoded.append({"name": name, "arguments": value})
-    return calls, decoded
 
 
 def _decode(content: bytes) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from schemas.records import FunctionCall, Message, ToolCall, canonical_json, content_id
-from simulators.llm.base import ModelOutputError
+from simulators.llm.errors import ModelOutputError
 
 MAX_CALLS_PER_TURN = 3
 NAME_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions"})
@@ -212,6 +212,39 @@ def parse_agent_output(text: str, call_salt: str) -> tuple[str | None, list[Tool
     if not isinstance(content, str):
         raise ModelOutputError("agent answer has neither tool_calls nor content", text)
     return content, [], bool(value.get("final", False)), value
+
+
+def native_calls(
+    raw_calls: list[Any], salt: str, text: str
+) -> tuple[list[ToolCall], list[dict[str, Any]]]:
+    """Native `tool_calls` (OpenAI shape, from a server or vLLM's tool parser) as records, plus
+    their decoded form; unusable calls are output errors."""
+    calls: list[ToolCall] = []
+    decoded: list[dict[str, Any]] = []
+    for index, raw in enumerate(raw_calls):
+        function = raw.get("function") if isinstance(raw, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(name, str) or not name:
+            raise ModelOutputError(f"tool call {index} has no name", text)
+        arguments = function.get("arguments")  # type: ignore[union-attr]
+        if isinstance(arguments, str):
+            try:
+                value = json.loads(arguments) if arguments.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ModelOutputError(
+                    f"tool call {index} arguments are not JSON: {exc}", text
+                ) from exc
+        else:
+            value = arguments if arguments is not None else {}
+        call_id = raw.get("id") or "call_" + content_id("c", [salt, index, name, value])[2:18]
+        calls.append(
+            ToolCall(
+                id=call_id,
+                function=FunctionCall(name=name, arguments=json.dumps(value, ensure_ascii=False)),
+            )
+        )
+        decoded.append({"name": name, "arguments": value})
+    return calls, decoded
 
 
 def to_plain_messages(messages: list[Message], tools: list[dict[str, Any]] | None) -> list[dict]:
