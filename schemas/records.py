@@ -224,7 +224,8 @@ class WorkspaceSpec(BaseModel):
     file) are never shown to the agent: after the episode they run in a sandbox over its final
     files, and the share that passes is the reward. `required_points` (path -> strings that must
     appear in that file, case-insensitive), `min_headings` (path -> least number of Markdown
-    headings) and `emails` (what the outbox must hold) are checks on what the agent produced.
+    headings), `emails` (what the outbox must hold) and `emails_at_most` are checks on what the
+    agent produced.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -234,6 +235,10 @@ class WorkspaceSpec(BaseModel):
     required_points: dict[str, list[str]] = Field(default_factory=dict)
     min_headings: dict[str, int] = Field(default_factory=dict)
     emails: list[EmailExpectation] = Field(default_factory=list)
+    emails_at_most: int | None = Field(
+        default=None, ge=0,
+        description="The most emails the outbox may hold at the end (0: a task to decline).",
+    )
 
     @model_validator(mode="after")
     def _relative_paths(self) -> WorkspaceSpec:
@@ -244,7 +249,10 @@ class WorkspaceSpec(BaseModel):
         return self
 
     def has_checks(self) -> bool:
-        return bool(self.hidden_tests or self.required_points or self.min_headings or self.emails)
+        return bool(
+            self.hidden_tests or self.required_points or self.min_headings or self.emails
+            or self.emails_at_most is not None
+        )
 
 
 class Task(Record):
