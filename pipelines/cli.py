@@ -124,8 +124,12 @@ def run(
     except OutputError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
-    with run_console(log_path_for(cfg.out), verbose):
-        _run_and_report(cfg, beam_args, force)
+    with run_console(log_path_for(cfg.out), verbose) as user:
+        err.file = user  # sys.stderr now holds only what others write
+        try:
+            _run_and_report(cfg, beam_args, force)
+        finally:
+            err.file = None  # type: ignore[assignment]  # back to the current sys.stderr
 
 
 def _run_and_report(cfg: Any, beam_args: list[str], force: bool = False) -> None:

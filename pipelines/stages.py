@@ -12,7 +12,7 @@ from typing import Any
 import apache_beam as beam
 
 from filters.checks import run_checks
-from filters.judge import checks_judgement, judge
+from filters.judge import checks_judgement, judge, judge_committee
 from filters.reward import score_trajectory, with_reward
 from pipelines.batching import FAILURES, AsyncBatchFn, Handled, failure_from, usage_kept
 from pipelines.config import RunConfig
@@ -35,6 +35,7 @@ from simulators.persona import make_persona
 from simulators.sandbox import require_sandbox
 from toolspecs.compose import DIFFICULTIES, choose_tools, write_agent, write_task
 from toolspecs.domain import load_domain
+from toolspecs.task_gate import gate
 
 JUDGE_INPUTS = "judge_inputs"
 PAIRS = "pairs"
@@ -254,6 +255,7 @@ class _EpisodeFn(_RunFn):
             tool=model(cfg.models.tool),
             names={r: getattr(cfg.models, r).display_name() for r in ("user", "agent", "tool")},
         )
+        gate(task, agent)  # no episode for a junk task, wherever it came from
         seed = stable_seed(cfg.seed, "episode", task.id)
         persona = make_persona(f"{cfg.seed}:{task.id}")
         trajectory = await run_episode(task, agent, persona, models, cfg.episode, seed)
@@ -325,18 +327,22 @@ class _JudgeFn(_RunFn):
         if failed:
             judgement = checks_judgement(trajectory, failed)
         else:
+            sampling = cfg.judge.sampling.model_copy(
+                update={"seed": stable_seed(cfg.seed, "judge", trajectory.id)}
+            )
             with usage_kept(usage):
-                result = await judge(
-                    trajectory,
-                    task,
-                    model(cfg.models.judge),
-                    cfg.judge.sampling.model_copy(
-                        update={"seed": stable_seed(cfg.seed, "judge", trajectory.id)}
-                    ),
-                    pass_threshold=cfg.judge.pass_threshold,
-                    max_attempts=cfg.judge.attempts,
-                    usage=usage,
-                )
+                if cfg.judge.models:
+                    result = await judge_committee(
+                        trajectory, task, [model(m) for m in cfg.judge.models], sampling,
+                        cfg.judge.pass_threshold, cfg.judge.attempts, usage, cfg.judge.voting,
+                    )
+                else:
+                    result = await judge(
+                        trajectory, task, model(cfg.models.judge), sampling,
+                        pass_threshold=cfg.judge.pass_threshold,
+                        max_attempts=cfg.judge.attempts,
+                        usage=usage,
+                    )
             judgement = result.judgement
         # The outcome reward is recorded beside the verdict; the verdict alone decides sft/.
         judgement = with_reward(judgement, score_trajectory(trajectory, task))

@@ -21,6 +21,7 @@ from simulators.environment import (
 )
 from simulators.llm.base import ChatModel, Completion, Sampling
 from simulators.llm.errors import ModelError
+from simulators.llm.toolcall import prose
 
 __all__ = [
     "EpisodeConfig",
@@ -154,7 +155,7 @@ async def drive(env: Environment, agent: ChatModel) -> StepResult:
 
 FINAL_REPLY_SCHEMA = {
     "type": "object",
-    "properties": {"content": {"type": "string", "minLength": 1}, "final": {"type": "boolean"}},
+    "properties": {"content": prose(minLength=1), "final": {"type": "boolean"}},
     "required": ["content", "final"],
     "additionalProperties": False,
 }

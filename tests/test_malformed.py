@@ -219,7 +219,7 @@ def test_bad_model_outputs_fail_only_their_own_episodes_in_a_stage() -> None:
         )
         task = Task.model_validate({
             **helpers.task(agent).model_dump(exclude={"id"}),
-            "goal": f"Goal {marker}.", "initial_state": {"case": marker},
+            "goal": f"Help me with {marker}.", "initial_state": {"case": marker},
         })
         pairs.append((task, agent))
         by_prompt[marker] = MODEL_CASES[case][0] if case in MODEL_CASES else {}

@@ -90,7 +90,7 @@ def pairs(n: int, slow: int | None = None, agents: int = 1) -> list[tuple[Task, 
     out = []
     for i in range(n):
         agent = specs[i % agents]
-        goal = f"{SLOW} errand {i}" if i == slow else f"Errand {i}: book a flight."
+        goal = f"{SLOW}: run my errand {i}" if i == slow else f"Errand {i}: book a flight."
         out.append((helpers.task(agent).model_copy(update={"goal": goal, "id": f"t{i}"}), agent))
     return out
 

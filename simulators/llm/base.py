@@ -152,6 +152,8 @@ class ConstrainedChatModel(ChatModel):
             schema = response_schema
         if schema is not None and (self.bound_strings or self.bound_items):
             schema = toolcall.bound_schema(schema, self.bound_strings, self.bound_items)
+        elif schema is not None:
+            schema = toolcall.unmarked(schema)
         raw = await self.generate(plain, schema, sampling)
         try:
             return self._decode(raw, tools, response_schema, schema, sampling, len(messages))
