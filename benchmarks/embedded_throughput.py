@@ -67,7 +67,7 @@ def phase(
 ) -> dict[str, float]:
     """Episodes `in_flight` at a time until the budget ends; tokens/s over the measured part."""
     from pipelines import runtime
-    from pipelines.stages import stable_seed
+    from pipelines.shared import stable_seed
     from simulators.episode import EpisodeConfig, RoleClients, run_episode
     from simulators.persona import make_persona
 
@@ -141,7 +141,7 @@ def main() -> None:
     from pipelines import runtime
     from schemas import arrow
     from schemas.records import AgentSpec, Task
-    from simulators.llm.registry import ModelConfig
+    from simulators.llm.config import ModelConfig
 
     with tempfile.TemporaryDirectory(prefix="agentmill-embedded-") as tmp:
         inputs = make_inputs(Path(tmp), 256, agents=args.agents)

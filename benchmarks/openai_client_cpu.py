@@ -96,8 +96,8 @@ async def run_all(base_url: str, requests: int, concurrency: int) -> dict[str, f
 
     from schemas.records import Message
     from simulators.llm.base import Sampling
+    from simulators.llm.config import ModelConfig
     from simulators.llm.openai_backend import OpenAIChatModel
-    from simulators.llm.registry import ModelConfig
 
     warmup = max(concurrency * 2, 200)
     messages = [
@@ -114,6 +114,11 @@ async def run_all(base_url: str, requests: int, concurrency: int) -> dict[str, f
         max_in_flight=concurrency,
     )
     ours = OpenAIChatModel(config)
+    import httpx
+
+    # The same backend forced onto httpx (what it used before `simulators.llm.http`).
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    over_httpx = OpenAIChatModel(config, transport=httpx.AsyncHTTPTransport(limits=limits))
     sdk = AsyncOpenAI(base_url=base_url, api_key="sk-bench", max_retries=0)
     response_format: Any = {
         "type": "json_schema",
@@ -126,6 +131,10 @@ async def run_all(base_url: str, requests: int, concurrency: int) -> dict[str, f
 
     async def ours_generate() -> None:
         raw = await ours.generate(plain, SCHEMA, sampling)
+        assert raw.text == ANSWER
+
+    async def httpx_generate() -> None:
+        raw = await over_httpx.generate(plain, SCHEMA, sampling)
         assert raw.text == ANSWER
 
     async def sdk_create() -> None:
@@ -145,11 +154,13 @@ async def run_all(base_url: str, requests: int, concurrency: int) -> dict[str, f
         for name, call in (
             ("ours: complete() with response schema", ours_complete),
             ("ours: generate() HTTP layer only", ours_generate),
+            ("ours: generate() over httpx", httpx_generate),
             ("openai SDK: chat.completions.create", sdk_create),
         ):
             results[name] = await measure(call, requests, concurrency, warmup)
     finally:
         await ours.close()
+        await over_httpx.close()
         await sdk.close()
     return results
 

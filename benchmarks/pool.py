@@ -75,7 +75,7 @@ def child(target: int, out: Path) -> None:
     """One measured build in a fresh process; prints a JSON line."""
     from pipelines.pool import PoolConfig, run_synth
     from simulators.llm import registry
-    from simulators.llm.registry import ModelConfig
+    from simulators.llm.config import ModelConfig
 
     config = ModelConfig(backend="scripted", model="varied")
     registry.register(config, varied_model())

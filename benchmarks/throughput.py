@@ -147,7 +147,7 @@ def run_stage(config: Any, inputs: Path, out: Path) -> Any:
     """tasks.parquet -> RunEpisodes -> trajectories/ and failures/ Parquet (the mill's own
     streaming sink, `WriteRecords`), on FnApiRunner."""
     from pipelines.parquet_io import WriteRecords
-    from pipelines.run import in_process_pipeline
+    from pipelines.shared import in_process_pipeline
     from pipelines.stages import RunEpisodes
     from schemas import arrow
 
@@ -228,9 +228,9 @@ def read_column(file: Path, name: str) -> list[Any]:
 
 
 def token_metrics(result: Any) -> dict[str, dict[str, Any]]:
-    from pipelines.manifest import _metrics
+    from pipelines.shared import pipeline_metrics
 
-    return _metrics(result)[0]
+    return pipeline_metrics(result)[0]
 
 
 def openai_model(base_url: str, max_in_flight: int | None = None) -> dict[str, Any]:
@@ -257,7 +257,7 @@ def steady(stats: dict[str, Any], until: float | None) -> tuple[float, float]:
 def capacity(args: argparse.Namespace, work: Path) -> None:
     from benchmarks.sim_server import Capacity, start_server
     from pipelines import batching, runtime
-    from simulators.llm.registry import ModelConfig
+    from simulators.llm.config import ModelConfig
 
     cap = Capacity(slots=args.slots, token_s=args.token_ms / 1000, tokens=args.tokens)
     service = cap.service_s(None)
@@ -444,7 +444,7 @@ def instant_child(episodes: int, inputs: Path, out: Path) -> None:
     from pipelines import runtime
     from pipelines.parquet_io import parquet_files
     from simulators.llm import registry
-    from simulators.llm.registry import ModelConfig
+    from simulators.llm.config import ModelConfig
 
     registry.register(ModelConfig(backend="scripted", model="instant"), instant_model())
     config = stage_config(episodes, {"backend": "scripted", "model": "instant"}, 512)
@@ -475,7 +475,7 @@ def whole_run_child(episodes: int, out: Path) -> None:
     """The whole mill (`pipelines.run.run`: agents, tasks, episodes, judge, every sink) on the
     instant backend in a fresh process; prints a JSON line."""
     from simulators.llm import registry
-    from simulators.llm.registry import ModelConfig
+    from simulators.llm.config import ModelConfig
 
     registry.register(ModelConfig(backend="scripted", model="instant"), instant_model())
     config = stage_config(episodes, {"backend": "scripted", "model": "instant"}, 512)

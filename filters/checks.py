@@ -32,6 +32,9 @@ Failure codes:
 - `inconsistent_repeat`: the same call made twice in a row is answered differently, and no
   failure was injected on purpose (a second identical create's 409 conflict is consistent).
 
+- `truncated_reply`: an assistant reply ends mid-sentence: an unclosed bracket or code block,
+  a dangling comma, colon or conjunction, or a long reply ending inside a word.
+
 `leaked_withheld` and `invented_fact` need the task (`run_checks(..., task=task)`) and are
 skipped without it.
 """
@@ -69,17 +72,35 @@ class CheckContext:
     _validators: dict[str, Validator | SchemaError] = field(default_factory=dict, repr=False)
 
     def validator(self, name: str) -> Validator | SchemaError:
-        """The tool's argument validator, built once per run (or the error its schema raised)."""
+        """The tool's argument validator (or the error its schema raised)."""
         if name not in self._validators:
-            schema = self.tools[name].parameters
-            cls = validator_for(schema, default=Draft202012Validator)
-            try:
-                cls.check_schema(schema)
-                # Time-bounded regexes; a remote `$ref` is unresolvable, never fetched.
-                self._validators[name] = safe_schema.validator(schema)
-            except SchemaError as exc:
-                self._validators[name] = exc
+            self._validators[name] = _argument_validator(self.tools[name])
         return self._validators[name]
+
+
+_VALIDATORS: dict[str, Validator | SchemaError] = {}
+VALIDATORS_KEPT = 4096
+
+
+def _argument_validator(tool: ToolSpec) -> Validator | SchemaError:
+    """A tool's argument validator, built once per process and tool (its id hashes its schema):
+    checking a schema against the metaschema cost more than all the rest of a trajectory's
+    checks when it was done for every trajectory."""
+    key = f"{tool.id}:{tool.name}"
+    found = _VALIDATORS.get(key)
+    if found is None:
+        schema = tool.parameters
+        cls = validator_for(schema, default=Draft202012Validator)
+        try:
+            cls.check_schema(schema)
+            # Time-bounded regexes; a remote `$ref` is unresolvable, never fetched.
+            found = safe_schema.validator(schema)
+        except SchemaError as exc:
+            found = exc
+        if len(_VALIDATORS) >= VALIDATORS_KEPT:
+            _VALIDATORS.clear()
+        _VALIDATORS[key] = found
+    return found
 
 
 Check = Callable[[Trajectory, CheckContext], list[str]]
@@ -357,6 +378,50 @@ def _conflict(content: str) -> bool:
     return isinstance(error, dict) and error.get("code") == 409
 
 
+OPENERS = {"(": ")", "[": "]", "{": "}"}
+DANGLING_ENDS = (*"([{,;:-&", " and", " or", " the", " a", " to", " of", " on", " for")
+LONG_REPLY_CHARS = 80
+"""A reply this long that ends inside a word, without a sentence's end, was cut."""
+
+
+def truncation(text: str) -> str | None:
+    """Why `text` reads as cut off mid-sentence (a cap or a token budget hit), or None."""
+    stripped = text.rstrip()
+    if not stripped:
+        return None
+    if stripped.count("```") % 2:
+        return "an unclosed code block"
+    depth = {opener: 0 for opener in OPENERS}
+    for char in stripped:
+        if char in OPENERS:
+            depth[char] += 1
+        elif char in OPENERS.values():
+            opener = next(o for o, c in OPENERS.items() if c == char)
+            depth[opener] = max(0, depth[opener] - 1)
+    unclosed = [o for o, n in depth.items() if n]
+    if unclosed:
+        return f"an unclosed {unclosed[0]!r}"
+    lowered = stripped.lower()
+    if lowered.endswith(DANGLING_ENDS):
+        return f"a dangling {stripped[-8:]!r}"
+    if len(stripped) >= LONG_REPLY_CHARS and stripped[-1].isalpha():
+        last = stripped.rsplit(None, 1)[-1]
+        return f"no end of sentence after {last[-20:]!r}"
+    return None
+
+
+def no_truncated_replies(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
+    """No assistant reply ends mid-sentence: a reply cut by a length cap teaches a model to stop
+    in the middle of a thought."""
+    failures = []
+    for index, message in enumerate(trajectory.messages):
+        if message.role == "assistant" and message.content:
+            why = truncation(message.content)
+            if why:
+                failures.append(f"truncated_reply: assistant message {index} ends with {why}")
+    return failures
+
+
 CHECKS: list[Check] = [
     proper_opening,
     tools_known,
@@ -369,6 +434,7 @@ CHECKS: list[Check] = [
     no_invented_facts,
     answers_obey_calls,
     consistent_repeats,
+    no_truncated_replies,
 ]
 """The checks `run_checks` runs by default, in order; append to add one."""
 

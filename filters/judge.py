@@ -13,13 +13,15 @@ criterion scored 0: a high mean must not hide one criterion the agent ignored en
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from schemas.records import (
     CriterionScore,
     Judgement,
+    JudgeVote,
     Message,
     Task,
     TokenCount,
@@ -28,7 +30,8 @@ from schemas.records import (
     content_id,
 )
 from simulators.ask import RoleOutputError, Usage, ask, merge_usage
-from simulators.llm.base import ChatModel, Completion, ModelOutputError, Sampling
+from simulators.llm.base import ChatModel, Completion, Sampling
+from simulators.llm.errors import ModelOutputError
 
 MAX_TRANSCRIPT_CHARS = 6000
 """Transcript budget: enough for a typical episode, small enough for a 4k-token context."""
@@ -253,6 +256,84 @@ async def judge(
     judgement = _verdict(trajectory, criteria, completion.parsed, model.name, pass_threshold)
     return JudgeResult(
         judgement, spent.prompt, spent.completion, spent.requests, spent.retries, spent.wait_s
+    )
+
+
+Voting = Literal["majority", "mean"]
+
+
+async def judge_committee(
+    trajectory: Trajectory,
+    task: Task,
+    models: list[ChatModel],
+    sampling: Sampling | None = None,
+    pass_threshold: float = 0.5,
+    max_attempts: int = 3,
+    usage: Usage | None = None,
+    voting: Voting = "majority",
+) -> JudgeResult:
+    """Several judges score `trajectory` at once (a review committee, as in APIGen-MT); their
+    verdicts are combined by `voting`:
+
+    - `majority`: passed when more than half the judges pass it;
+    - `mean`: passed when the mean score reaches `pass_threshold` and no criterion's mean is 0.
+
+    Either way the score is the mean over judges and criteria, each criterion's score the mean of
+    the judges' and its reason theirs in turn, `votes` keeps each judge's verdict and `agreement`
+    the share of judges whose verdict is the committee's. Every judge's tokens go to
+    `usage["judge"]`; if any judge gives no verdict, the committee raises its `JudgeError`.
+    """
+    outcomes = await asyncio.gather(
+        *(judge(trajectory, task, m, sampling, pass_threshold, max_attempts, usage)
+          for m in models),
+        return_exceptions=True,
+    )
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    results = [o for o in outcomes if isinstance(o, JudgeResult)]
+    judgement = combine_votes(
+        trajectory, [r.judgement for r in results], voting, pass_threshold
+    )
+    return JudgeResult(
+        judgement,
+        sum(r.prompt_tokens for r in results),
+        sum(r.completion_tokens for r in results),
+        sum(r.requests for r in results),
+        sum(r.retries for r in results),
+        round(sum(r.wait_s for r in results), 4),
+    )
+
+
+def combine_votes(
+    trajectory: Trajectory, judgements: list[Judgement], voting: Voting, pass_threshold: float
+) -> Judgement:
+    """One committee verdict from its members' (see `judge_committee`)."""
+    n = len(judgements)
+    criteria = [s.criterion for s in judgements[0].scores]
+    scores = [
+        CriterionScore(
+            criterion=criterion,
+            score=sum(j.scores[i].score for j in judgements) / n,
+            reason=" | ".join(f"{j.judge_model}: {j.scores[i].reason}" for j in judgements),
+        )
+        for i, criterion in enumerate(criteria)
+    ]
+    mean = sum(s.score for s in scores) / len(scores)
+    if voting == "majority":
+        passed = 2 * sum(j.passed for j in judgements) > n
+    else:
+        passed = mean >= pass_threshold and all(s.score > 0 for s in scores)
+    return Judgement(
+        trajectory_id=trajectory.id,
+        scores=scores,
+        score=mean,
+        passed=passed,
+        reasons=[s.reason for s in scores],
+        judge_model=",".join(j.judge_model for j in judgements),
+        votes=[JudgeVote(judge_model=j.judge_model, score=j.score, passed=j.passed)
+               for j in judgements],
+        agreement=round(sum(j.passed == passed for j in judgements) / n, 4),
     )
 
 

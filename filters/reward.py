@@ -142,6 +142,12 @@ def workspace_score(spec: WorkspaceSpec, final: dict[str, Any]) -> tuple[float, 
                 f"email: nothing sent to {expected.to} with {expected.attachments or 'no'} "
                 "attachments as they are at the end"
             )
+    if spec.emails_at_most is not None:
+        total += 1
+        if len(outbox) <= spec.emails_at_most:
+            passed += 1
+        else:
+            problems.append(f"email: {len(outbox)} sent, at most {spec.emails_at_most} expected")
     return (passed / total if total else 1.0), problems
 
 

@@ -31,7 +31,7 @@ from pipelines import runtime
 from pipelines.progress import Progress
 from pipelines.resume import CheckpointWriter, StageControl
 from schemas.records import Failure, TokenCount
-from simulators.llm.base import ModelUnavailable
+from simulators.llm.errors import ModelUnavailable
 
 FAILURES = "failures"
 DEFAULT_IN_FLIGHT = 512
@@ -151,6 +151,11 @@ class AsyncBatchFn(beam.DoFn):
         """The key under which a finished element is checkpointed; None: not checkpointed."""
         return None
 
+    def encode(self, element: Any, output: Any) -> tuple[Any, str]:
+        """(record to checkpoint, id of the record it was made from) for one output; stages
+        that checkpoint implement it with `decode` and `attach` (`pipelines.resume.Codec`)."""
+        raise NotImplementedError(f"{self.stage} does not checkpoint")
+
     def also(self, element: Any, outputs: list[Any]) -> list[Any]:
         """Further outputs made from a finished element, not checkpointed (e.g. the pair the
         next stage needs, so it runs fused with this one instead of after a join)."""
@@ -266,7 +271,7 @@ class AsyncBatchFn(beam.DoFn):
             if self._writer is not None:
                 key = self.checkpoint_key(element)
                 if key is not None:
-                    self._writer.add(key, outputs)
+                    self._writer.add(key, [self.encode(element, o) for o in outputs])
             yield from outputs
             yield from self.also(element, outputs)
             self._progress.report(self.note(outputs), tokens, self.checkpoint_key(element) or "")

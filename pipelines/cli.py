@@ -124,8 +124,12 @@ def run(
     except OutputError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
-    with run_console(log_path_for(cfg.out), verbose):
-        _run_and_report(cfg, beam_args, force)
+    with run_console(log_path_for(cfg.out), verbose) as user:
+        err.file = user  # sys.stderr now holds only what others write
+        try:
+            _run_and_report(cfg, beam_args, force)
+        finally:
+            err.file = None  # type: ignore[assignment]  # back to the current sys.stderr
 
 
 def _run_and_report(cfg: Any, beam_args: list[str], force: bool = False) -> None:
@@ -536,8 +540,7 @@ def import_command(
     out: Annotated[Path, typer.Option(help="Folder for specs/, failures/, import_report.json.")],
 ) -> None:
     """Convert real specs to ToolSpecs: known flaws repaired, the rest refused; with a report."""
-    from pipelines.pool import import_specs
-    from toolspecs.importers import FORMATS
+    from toolspecs.importers import FORMATS, import_specs
 
     if source not in FORMATS:
         err.print(f"[red]error:[/red] --from must be one of {', '.join(FORMATS)}, not {source!r}")
@@ -576,7 +579,7 @@ def synth_command(
     """Grow a taxonomy and evolve new tools from seeds; dedup; write the pool and its report."""
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     from pipelines.pool import PoolConfig, run_synth
-    from simulators.llm.registry import ModelConfig
+    from simulators.llm.config import ModelConfig
 
     fields: dict[str, Any] = {"backend": backend, "model": model, "base_url": base_url}
     api_key = os.environ.get("AGENTMILL_API_KEY") or os.environ.get("OPENAI_API_KEY")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -18,7 +18,7 @@ from filters.reward import RewardConfig
 from schemas.records import canonical_json
 from simulators.episode import EpisodeConfig
 from simulators.llm.base import Sampling
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 
 ROLES = ("user", "agent", "tool", "judge", "synthesizer")
 MAX_EPISODES = 10_000_000
@@ -63,6 +63,16 @@ class JudgeConfig(BaseModel):
     pass_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     attempts: int = Field(default=3, ge=1)
     sampling: Sampling = Sampling(temperature=0.2, max_tokens=320)
+    models: list[ModelConfig] = Field(
+        default_factory=list,
+        description="A judge committee: every model scores each trajectory and `voting` "
+        "combines their verdicts (agreement is recorded). Empty: `models.judge` judges alone.",
+    )
+    voting: Literal["majority", "mean"] = Field(
+        default="majority",
+        description="`majority`: passed when more than half the judges pass it; `mean`: when "
+        "the mean score reaches pass_threshold and no criterion's mean is 0.",
+    )
 
 
 class ControlConfig(BaseModel):
@@ -147,6 +157,12 @@ class RunConfig(BaseModel):
         for role in ROLES:
             for field in ("api_key", "server_wait_s", "engine_restarts"):  # how, not what
                 body["models"][role].pop(field, None)
+        committee = body["judge"]
+        for member in committee["models"]:
+            for field in ("api_key", "server_wait_s", "engine_restarts"):
+                member.pop(field, None)
+        if not committee["models"] and committee["voting"] == "majority":
+            del committee["models"], committee["voting"]  # fingerprints from before committees
         return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]
 
     def public_dump(self) -> dict[str, Any]:
@@ -156,6 +172,8 @@ class RunConfig(BaseModel):
             body["models"][role]["api_key"] = (
                 "***" if getattr(self.models, role).api_key else None
             )
+        for member, config in zip(body["judge"]["models"], self.judge.models, strict=True):
+            member["api_key"] = "***" if config.api_key else None
         return body
 
 

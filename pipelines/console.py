@@ -64,10 +64,31 @@ class _Tee(io.TextIOBase):
         return getattr(self.terminal, "encoding", "utf-8")
 
 
+class _OursOnly(_Tee):
+    """Everyone else's stderr: the log file, and the terminal only for agentmill's own lines
+    (from code that prints to sys.stderr) or with `verbose`."""
+
+    def __init__(self, terminal: TextIO, log: TextIO | None, verbose: bool) -> None:
+        super().__init__(terminal, log)
+        self.verbose = verbose
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            if self.log is not None:
+                self.log.write(ANSI.sub("", text))
+            lines = (self._partial + text).split("\n")
+            self._partial = lines.pop()
+            for line in lines:
+                if self.verbose or OURS.match(line):
+                    self.terminal.write(line + "\n")
+        return len(text)
+
+
 @contextmanager
-def run_console(log_path: Path | None, verbose: bool) -> Iterator[TextIO | None]:
+def run_console(log_path: Path | None, verbose: bool) -> Iterator[TextIO]:
     """Route third-party output to `log_path` (and to the terminal only when `verbose`) for the
-    duration; yields the open log file (or None)."""
+    duration; yields the stream for agentmill's own messages (the terminal and the log)."""
     from pipelines.progress import BOARD
 
     saved_env = {key: os.environ.get(key) for key in QUIET_ENV}
@@ -79,15 +100,23 @@ def run_console(log_path: Path | None, verbose: bool) -> Iterator[TextIO | None]
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(log_path, "a", encoding="utf-8", buffering=1)
     saved_stderr, saved_fd, reader = sys.stderr, None, None
+    terminal: TextIO = sys.stderr
     if _real_stderr():
         saved_fd, reader, terminal = _capture_fd2(log, verbose)
-        sys.stderr = _Tee(terminal, log)
-    elif log is not None:
-        sys.stderr = _Tee(sys.stderr, log)
+    user = _Tee(terminal, log)
+    sys.stderr = _OursOnly(terminal, log, verbose)
     handlers = _logging(log, verbose)
-    BOARD.stream, BOARD.also = sys.stderr if not sys.stderr.isatty() else _terminal(), log
+    # Libraries that log without configuring logging (or call basicConfig mid-run) would write
+    # to whatever sys.stderr is then: give them the process's own stderr, which is captured.
+    root, last_resort = logging.getLogger(), logging.lastResort
+    fallback = logging.StreamHandler(saved_stderr)
+    fallback.setFormatter(logging.Formatter(logging.BASIC_FORMAT))
+    if not root.handlers:
+        root.addHandler(fallback)
+    logging.lastResort = fallback
+    BOARD.stream, BOARD.also = (terminal if terminal.isatty() else user), log
     try:
-        yield log
+        yield user
     finally:
         BOARD.close()
         BOARD.stream, BOARD.also = None, None
@@ -98,8 +127,9 @@ def run_console(log_path: Path | None, verbose: bool) -> Iterator[TextIO | None]
             os.close(saved_fd)
         if reader is not None:
             reader.join(timeout=1.0)
-        for logger, handler in handlers:
+        for logger, handler in [*handlers, (root, fallback)]:
             logger.removeHandler(handler)
+        logging.lastResort = last_resort
         logging.captureWarnings(False)
         if log is not None:
             log.close()
@@ -108,12 +138,6 @@ def run_console(log_path: Path | None, verbose: bool) -> Iterator[TextIO | None]
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-def _terminal() -> TextIO:
-    """The terminal itself (the live table writes here, not into the log file)."""
-    stream = sys.stderr
-    return stream.terminal if isinstance(stream, _Tee) else stream  # type: ignore[return-value]
 
 
 def _real_stderr() -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 
 from pipelines.config import ROLES, RunConfig
 from pipelines.parquet_io import OUTPUT_FOLDERS, count_rows, read_column
+from pipelines.shared import TOKEN_FIELDS, pipeline_metrics
 from simulators.llm.engines import engines
 
 EPISODE_STAGES = ("episodes", "judge")
@@ -26,34 +27,6 @@ EPISODE_STAGES = ("episodes", "judge")
 def _column(folder: Path, name: str) -> list[Any]:
     """Through Beam-aware readers, so a `gs://` run folder works as a local one does."""
     return read_column(folder, name)
-
-
-TOKEN_FIELDS = ("prompt", "completion", "requests", "retries", "wait_s")
-
-
-def _metrics(result: Any) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
-    """Per-role token, request, retry and model-wait totals, and busy seconds per stage."""
-    tokens: dict[str, dict[str, Any]] = {}
-    busy: dict[str, float] = {}
-    if result is None:
-        return tokens, busy
-    try:
-        counters = result.metrics().query()["counters"]
-    except Exception:
-        return tokens, busy
-    for counter in counters:
-        namespace, name = counter.key.metric.namespace, counter.key.metric.name
-        value = counter.committed if counter.committed is not None else counter.attempted
-        if namespace == "tokens":
-            role, _, kind = name.partition(".")
-            entry = tokens.setdefault(role, dict.fromkeys(TOKEN_FIELDS, 0))
-            if kind == "wait_us":
-                entry["wait_s"] = round(entry["wait_s"] + int(value or 0) / 1e6, 3)
-            else:
-                entry[kind] = entry.get(kind, 0) + int(value or 0)
-        elif namespace == "time_ms":
-            busy[name] = busy.get(name, 0.0) + (value or 0) / 1000.0
-    return tokens, busy
 
 
 def tokens_by_model(
@@ -96,7 +69,7 @@ def build_manifest(
             strict=True,
         )
     )
-    tokens, busy = _metrics(result)
+    tokens, busy = pipeline_metrics(result)
     models = {role: getattr(config.models, role).display_name() for role in ROLES}
     planned_agents = math.ceil(config.episodes / config.tasks_per_agent)
     episode_failures = sum(failure_stages.get(s, 0) for s in EPISODE_STAGES)

@@ -163,10 +163,16 @@ def _local_lock(out: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            text = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+            info = _read_info(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
             os.close(fd)
+            if _alive_here(info) is False:  # a forked child (an engine process) kept the lock
+                raise RunLocked(
+                    f"--out {out} is locked by a process left over from a run that is gone "
+                    f"({_holder_text(info)}), such as an engine process it started: stop it "
+                    f"(`fuser {path}` names it) and run again"
+                ) from None
             raise RunLocked(
-                f"--out {out} is in use by another run: {_holder_text(_read_info(text))}, lock "
+                f"--out {out} is in use by another run: {_holder_text(info)}, lock "
                 f"{path}. Wait for it to finish or stop it, or choose another folder"
             ) from None
         # The holder before us may have deleted the file between our open and our lock.

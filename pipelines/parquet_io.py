@@ -28,11 +28,13 @@ OUTPUT_FOLDERS = (
 class WriteRecords(beam.PTransform):
     """Records -> `<folder>/part-SSSSS-of-NNNNN.parquet` with a fixed Arrow schema.
 
-    Rows stream out: each bundle writes its own file in row groups of ~8 MiB. A fixed shard
+    Rows stream out: each bundle writes its own file in row groups of ~1 MiB. A fixed shard
     count would put a GroupByKey before the write, and the runner would hold every row of the
     stage in memory until it ends (measured: 397 -> 965 MiB peak from 1k to 10k episodes, against
     a flat ~360 MiB streaming). A folder therefore holds one or more part files; readers take
-    the folder.
+    the folder. Each writer buffers a row group before writing it; with eight sinks, 8 MiB
+    groups took ~13 KiB of peak memory per episode from 1,000 to 5,000 episodes, 1 MiB groups
+    none that shows (benchmarks/throughput.py, phase `run`).
     """
 
     def __init__(
@@ -53,7 +55,7 @@ class WriteRecords(beam.PTransform):
                 schema=self.schema,
                 file_name_suffix=".parquet",
                 shard_name_template="-SSSSS-of-NNNNN",
-                row_group_buffer_size=8 * 1024 * 1024,
+                row_group_buffer_size=1024 * 1024,
                 record_batch_size=100,
             )
         )

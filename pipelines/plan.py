@@ -18,8 +18,8 @@ from typing import Any
 
 from pipelines import storage
 from pipelines.config import ROLES, RunConfig
+from simulators.llm.config import ModelConfig
 from simulators.llm.engines import engines
-from simulators.llm.registry import ModelConfig
 
 
 class PlanError(ValueError):

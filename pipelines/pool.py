@@ -1,6 +1,6 @@
-"""The tool pool: imports of real specs, and domain evolution with dedup as a Beam pipeline.
+"""The tool pool: domain evolution with dedup as a Beam pipeline (importing real specs is plain
+Python: `toolspecs.importers.import_specs`).
 
-`import_specs` converts MCP / OpenAI / BFCL files (plain Python: one pass over files).
 `run_synth` builds a pool: seeds -> new domains -> evolved tools -> exact and near-duplicate
 removal -> Parquet and JSONL, then a report read back from what landed. Every stage is a Beam
 transform, so the same pipeline runs in process here and on Dataflow; model calls run
@@ -31,62 +31,33 @@ from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines import runtime
 from pipelines.batching import FAILURES, AsyncBatchFn, Handled, failure_from, usage_kept
 from pipelines.parquet_io import WriteRecords, read_column
-from pipelines.stages import LoadToolSpecs, fixed_batches, stable_seed
+from pipelines.shared import (
+    LoadToolSpecs,
+    fixed_batches,
+    in_process_pipeline,
+    pipeline_metrics,
+    stable_seed,
+)
 from schemas import arrow
 from schemas.records import Failure, TokenCount, ToolSpec, canonical_json
 from simulators.llm.base import Sampling
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 from toolspecs import dedup as dd
-from toolspecs.importers import Format, import_paths, report
 from toolspecs.load import LIBRARY
 from toolspecs.synth import (
     Domain,
+    category_of,
     chains_by_domain,
     evolve_tool,
     grow_domain,
     plan_tool,
     seed_domains,
 )
-
-# -- import -----------------------------------------------------------------------------------
-
-
-def import_specs(paths: list[str], fmt: Format, out: str | Path) -> dict[str, Any]:
-    """Import `paths` as `fmt`: DIR/specs/<fmt>.jsonl, DIR/failures/, DIR/import_report.json."""
-    out = Path(out)
-    outcomes = list(import_paths(paths, fmt))
-    (out / "specs").mkdir(parents=True, exist_ok=True)
-    # One line per source tool list ({"tools": [...]}), so names stay unique per list as the
-    # loader requires, while two MCP servers in one file may both have, say, `search`.
-    lists: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for outcome in outcomes:
-        if outcome.spec is not None:
-            entry = outcome.pointer.removesuffix("/function")
-            tool_list = (outcome.file, entry.rpartition("/")[0])
-            lists[tool_list].append(outcome.spec.model_dump(mode="json"))
-    with (out / "specs" / f"{fmt}.jsonl").open("w", encoding="utf-8") as handle:
-        for specs in lists.values():
-            handle.write(canonical_json({"tools": specs}) + "\n")
-    failures = [o.failure for o in outcomes if o.failure is not None]
-    (out / "failures").mkdir(exist_ok=True)
-    for old in (out / "failures").glob("*.parquet"):
-        old.unlink()
-    pq.write_table(
-        pa.Table.from_pylist([arrow.to_row(f) for f in failures], schema=arrow.FAILURE_SCHEMA),
-        out / "failures" / "part-00000-of-00001.parquet",
-    )
-    summary = report(outcomes, fmt, [str(p) for p in paths])
-    (out / "import_report.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False)
-                                            + "\n", encoding="utf-8")
-    return summary
-
 
 # -- synthesis --------------------------------------------------------------------------------
 
@@ -422,8 +393,6 @@ OUTPUTS = ("toolspecs", "specs", "domains", "lineage", "duplicates", "near_dupli
 
 def run_synth(config: PoolConfig, pipeline: beam.Pipeline | None = None) -> dict[str, Any]:
     """Build the pool for `config` and return the report it wrote."""
-    from pipelines.run import in_process_pipeline
-
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in (*OUTPUTS, "pool_report.json", "taxonomy.json"):
@@ -459,8 +428,6 @@ def pool_report(
     config: PoolConfig, out: Path, seconds: float, result: Any = None
 ) -> dict[str, Any]:
     """The pool's numbers, read back from disk; also writes taxonomy.json."""
-    from pipelines.manifest import _metrics
-
     domains_col = read_column(out / "toolspecs", "domain")
     sources = Counter(read_column(out / "toolspecs", "source"))
     names = read_column(out / "toolspecs", "name")
@@ -482,8 +449,6 @@ def pool_report(
     seeds_in = sum(c["seeds"] for c in _json_lines(out / "counts"))
     per_domain = Counter(domains_col)
     category = {d["name"]: d["category"] for d in sorted(grown, key=lambda d: -d["slot"])}
-    from toolspecs.synth import category_of
-
     taxonomy: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for domain, name in zip(domains_col, names, strict=True):
         taxonomy[category.get(domain, category_of(domain))][domain].append(name)
@@ -491,7 +456,7 @@ def pool_report(
         {c: {d: sorted(t) for d, t in sorted(ds.items())} for c, ds in sorted(taxonomy.items())},
         indent=2) + "\n")
     counts_tools = sorted(per_domain.values())
-    tokens, _ = _metrics(result)
+    tokens, _ = pipeline_metrics(result)
     reconcile = {
         "slots": config.target,
         "synthesized_valid": synthesized,

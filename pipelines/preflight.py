@@ -16,7 +16,7 @@ import httpx
 
 from pipelines.config import ROLES, RunConfig
 from schemas.records import Failure, ToolSpec
-from simulators.llm.registry import EMBEDDED_MODEL, ModelConfig
+from simulators.llm.config import EMBEDDED_MODEL, ModelConfig
 from toolspecs.compose import by_domain
 from toolspecs.load import LIBRARY, load_file, spec_files
 

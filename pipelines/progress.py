@@ -23,6 +23,8 @@ from typing import Any, TextIO
 
 LINE_EVERY_S = 5.0
 """Non-terminal output: at most one summary line per stage this often."""
+MIN_SPAN_S = 1.0
+"""Rates need this much time between a stage's first and last finished item."""
 ORDER = ("agents", "tasks", "episodes", "judge")
 """The model-driven stages, upstream first: a loss upstream lowers every later total."""
 log = logging.getLogger("agentmill.progress")
@@ -65,7 +67,9 @@ class StageState:
         """(items/s, tokens/s, ETA s) over the time since the first item finished."""
         if self.first_at is None or self.done < 2:
             return None, None, None
-        spent = max((self.last_at or now) - self.first_at, 1e-6)
+        spent = (self.last_at or now) - self.first_at
+        if spent < MIN_SPAN_S:
+            return None, None, None  # items that all finished at once have no pace to show
         per_s = (self.done - 1) / spent
         tokens_s = (self.tokens - self.first_tokens) / spent
         eta = None
@@ -258,8 +262,11 @@ class _LiveView(_View):
         from rich.live import Live
 
         self.console = Console(file=self.stream)
+        # No redirection of sys.stdout/stderr through the table: library output written there
+        # would land on the terminal instead of the log file.
         self.live = Live(self._table(), console=self.console, refresh_per_second=4,
-                         get_renderable=self._table, transient=False)
+                         get_renderable=self._table, transient=False,
+                         redirect_stdout=False, redirect_stderr=False)
         self.live.start()
 
     def _table(self) -> Any:
@@ -346,7 +353,7 @@ def start_estimate(model: str) -> float | None:
         known = json.loads(_starts_path().read_text())
         return float(known[model])
     except (OSError, ValueError, KeyError, TypeError):
-        from simulators.llm.registry import EMBEDDED_MODEL
+        from simulators.llm.config import EMBEDDED_MODEL
 
         return EMBEDDED_START_S if model.endswith(EMBEDDED_MODEL) else None
 

@@ -9,6 +9,11 @@ folder is written again from old and new work alike. Another fingerprint (anothe
 prompt, seed...) or edited input files never see them: their area is another folder, and stale
 areas are deleted when a run starts.
 
+Each stage owns how its finished work is stored and read back (`encode`, `decode`, `attach` on
+its DoFn in `pipelines/stages.py`): a part row holds the new record and the id of the record it
+was made from, and reading it back joins the record to that parent again, so reused work has the
+shape the stage emits and the run merges fresh and reused work the same way for every stage.
+
 Failures are not checkpointed: a rerun tries those inputs again.
 """
 
@@ -20,20 +25,20 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
+from pydantic import BaseModel
 
 from pipelines import storage
 from pipelines.config import RunConfig
 from pipelines.parquet_io import read_table
-from schemas.records import AgentSpec, Judgement, RejectedTrajectory, Task, Trajectory
 from toolspecs.load import LIBRARY
 
 WORK = "_work"
@@ -44,7 +49,7 @@ CHECKPOINT_SCHEMA = pa.schema(
         ("key", pa.string()),  # the input this output finished: slot, task index, task id...
         ("id", pa.string()),  # the output record's id
         ("parent", pa.string()),  # the id of the record it was made from ("" for agents)
-        ("tag", pa.string()),  # "main", or "passed" / "rejected" for judgements
+        ("tag", pa.string()),  # "main" (older parts: "passed" / "rejected" for judgements)
         ("record", pa.string()),  # the record as JSON
     ]
 )
@@ -87,30 +92,38 @@ def work_key(config: RunConfig) -> str:
     return f"{config.fingerprint()}-{inputs_digest(config)}"
 
 
-def checkpoint_rows(key: str, outputs: list[Any]) -> list[dict[str, str]]:
-    """Checkpoint rows for one finished input's outputs."""
-    rows = []
-    for output in outputs:
-        tag = "main"
-        if isinstance(output, beam.pvalue.TaggedOutput):
-            tag, output = output.tag, output.value
-        if isinstance(output, tuple) and isinstance(output[0], int):  # (slot, AgentSpec)
-            record, parent = output[1], ""
-        elif isinstance(output, tuple):  # (Trajectory, Judgement) that passed
-            tag, record, parent = "passed", output[1], output[0].id
-        elif isinstance(output, RejectedTrajectory):
-            tag, record, parent = "rejected", output.judgement, output.trajectory.id
-        elif isinstance(output, Task):
-            record, parent = output, output.agent_id
-        elif isinstance(output, Trajectory):
-            record, parent = output, output.task_id
-        else:
-            raise TypeError(f"cannot checkpoint a {type(output).__name__}")
-        rows.append(
-            {"key": key, "id": record.id, "parent": parent, "tag": tag,
-             "record": record.model_dump_json()}
-        )
-    return rows
+class Codec(Protocol):
+    """How one stage's finished work is checkpointed and read back (its DoFn implements it)."""
+
+    stage: str
+
+    def encode(self, element: Any, output: Any) -> tuple[BaseModel, str]:
+        """(the record to keep, the id of the record it was made from; "" for none)."""
+        ...
+
+    @staticmethod
+    def decode(key: str, record: str) -> Any:
+        """A kept record, from its checkpoint key and JSON."""
+        ...
+
+    @staticmethod
+    def attach(record: Any, parent: Any) -> Any:
+        """A decoded record joined to its parent, in the shape the stage emits."""
+        ...
+
+    @staticmethod
+    def parent_id(parent: Any) -> str:
+        """The id a parent (an element of the previous stage's output) is known by."""
+        ...
+
+
+def checkpoint_rows(key: str, encoded: list[tuple[BaseModel, str]]) -> list[dict[str, str]]:
+    """Checkpoint rows for one finished input: its outputs as (record, parent id) pairs."""
+    return [
+        {"key": key, "id": record.id, "parent": parent, "tag": "main",  # type: ignore[attr-defined]
+         "record": record.model_dump_json()}
+        for record, parent in encoded
+    ]
 
 
 def write_part(folder: str | Path, rows: list[dict[str, str]]) -> str:
@@ -143,8 +156,8 @@ class CheckpointWriter:
         self._last = time.monotonic()
         self.parts = 0
 
-    def add(self, key: str, outputs: list[Any]) -> None:
-        self._rows.extend(checkpoint_rows(key, outputs))
+    def add(self, key: str, encoded: list[tuple[BaseModel, str]]) -> None:
+        self._rows.extend(checkpoint_rows(key, encoded))
         self._inputs += 1
         if self._inputs >= self.control.every or (
             time.monotonic() - self._last >= self.control.seconds
@@ -160,11 +173,12 @@ class CheckpointWriter:
 
 @dataclass
 class Resume:
-    """What a run may reuse from its checkpoint area: per stage, key -> (part file, record id)."""
+    """What a run may reuse from its checkpoint area: per stage, key -> (part file, record id),
+    and the ids of the records the reused ones were made from."""
 
     root: str
     chosen: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
+    parents: dict[str, frozenset[str]] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -191,19 +205,20 @@ class Resume:
         # A domain brings its agent and tasks from files: the chain starts at the episodes.
         for stage in STAGES[2:] if config.domain else STAGES:
             chosen: dict[str, tuple[str, str]] = {}
+            parent_ids: set[str] = set()
             for file in _parts(root / stage):
                 table = _read_index(file)
                 if table is None:
                     continue
-                for key, record_id, parent, tag in zip(*table, strict=True):
+                for key, record_id, parent in zip(*table, strict=True):
                     if key in chosen or (stage in valid_keys and key not in valid_keys[stage]):
                         continue
                     if parents is not None and parent not in parents:
                         continue
                     chosen[key] = (str(file), record_id)
-                    if stage == "judge":
-                        resume.tags[key] = tag
+                    parent_ids.add(parent)
             resume.chosen[stage] = chosen
+            resume.parents[stage] = frozenset(parent_ids)
             parents = {record_id for _, record_id in chosen.values()}
         return resume
 
@@ -237,15 +252,15 @@ def _parts(folder: storage.RunPath) -> list[Any]:
 
 
 def _read_index(file: Any) -> tuple[list[str], ...] | None:
-    """The key, id, parent and tag columns of a part; None (with a warning) if unreadable."""
+    """The key, id and parent columns of a part; None (with a warning) if unreadable."""
     try:
-        table = read_table(file, ["key", "id", "parent", "tag"])
+        table = read_table(file, ["key", "id", "parent"])
     except Exception as exc:  # a part damaged after it was written: redo its work
         print(f"agentmill: ignoring unreadable checkpoint {file}: {exc}", file=sys.stderr)
         return None
     if table is None:
         return None
-    return tuple(table.column(name).to_pylist() for name in ("key", "id", "parent", "tag"))
+    return tuple(table.column(name).to_pylist() for name in ("key", "id", "parent"))
 
 
 def prepare(config: RunConfig) -> Resume:
@@ -269,55 +284,62 @@ def prepare(config: RunConfig) -> Resume:
     return Resume.load(config, mine)
 
 
-def _decode(stage: str, key: str, tag: str, record: str) -> Any:
-    if stage == "agents":
-        return int(key), AgentSpec.model_validate_json(record)
-    if stage == "tasks":
-        return Task.model_validate_json(record)
-    if stage == "episodes":
-        return Trajectory.model_validate_json(record)
-    return key, (tag, Judgement.model_validate_json(record))
+class WithReused(beam.PTransform):
+    """A stage's fresh outputs plus its reused ones, read back in the same shape.
 
+    Input: {"fresh": the stage's output, "parents": the previous stage's output} ("parents"
+    only for a codec whose records were made from a parent). Only parents of reused records
+    take part in the join, so it holds no more than the reused work.
+    """
 
-class ReadCheckpoint(beam.PTransform):
-    """The reused outputs of one stage, as the stage itself would have emitted them."""
-
-    def __init__(self, stage: str, plan: list[tuple[str, frozenset[str]]]) -> None:
+    def __init__(self, codec: type[Codec], resume: Resume) -> None:
         super().__init__()
-        self.stage = stage
-        self.plan = plan
+        self.codec = codec
+        self.plan = resume.plan(codec.stage)
+        self.parent_ids = resume.parents.get(codec.stage, frozenset())
 
-    def expand(self, pbegin: Any) -> Any:
-        stage = self.stage
+    def expand(self, inputs: dict[str, Any]) -> Any:
+        codec, plan = self.codec, self.plan
+        old = (
+            inputs["fresh"].pipeline
+            | "Parts" >> beam.Create(plan)
+            | "Read" >> beam.FlatMap(_read_part, codec.decode)
+        )
+        if "parents" in inputs:
+            old = _reattach(old, inputs["parents"], codec, self.parent_ids)
+        else:
+            old = old | "Records" >> beam.Map(lambda pair: pair[1])
+        return (inputs["fresh"], old) | "All" >> beam.Flatten()
 
-        def read(item: tuple[str, frozenset[str]]) -> Iterator[Any]:
-            file, keys = item
-            table = read_table(file, ["key", "tag", "record"])
-            seen: set[str] = set()
-            for row in table.to_pylist() if table is not None else []:
-                if row["key"] in keys and row["key"] not in seen:
-                    seen.add(row["key"])
-                    yield _decode(stage, row["key"], row["tag"], row["record"])
 
-        return pbegin | "Parts" >> beam.Create(self.plan) | "Read" >> beam.FlatMap(read)
+def _read_part(
+    item: tuple[str, frozenset[str]], decode: Callable[[str, str], Any]
+) -> Iterator[tuple[str, Any]]:
+    """(parent id, decoded record) for the chosen keys of one part (first copy of each)."""
+    file, keys = item
+    table = read_table(file, ["key", "parent", "record"])
+    seen: set[str] = set()
+    for row in table.to_pylist() if table is not None else []:
+        if row["key"] in keys and row["key"] not in seen:
+            seen.add(row["key"])
+            yield row["parent"], decode(row["key"], row["record"])
 
 
-def rejoin_judgements(pairs: Any, judgements: Any) -> Any:
-    """Reused judgements joined back to their trajectories: `passed` and `rejected` outputs."""
-    keyed = pairs | "KeyReusedTrajectories" >> beam.Map(lambda pair: (pair[0].id, pair[0]))
+def _reattach(old: Any, parents: Any, codec: type[Codec], wanted: frozenset[str]) -> Any:
+    keyed = (
+        parents
+        | "ReusedParents" >> beam.Filter(lambda p: codec.parent_id(p) in wanted)
+        | "KeyParents" >> beam.Map(lambda p: (codec.parent_id(p), p))
+    )
 
-    def verdicts(element: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
+    def attached(element: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
         _, grouped = element
-        for trajectory in grouped["trajectory"][:1]:
-            for tag, judgement in grouped["judgement"][:1]:
-                if tag == "passed":
-                    yield trajectory, judgement
-                else:
-                    rejected = RejectedTrajectory(trajectory=trajectory, judgement=judgement)
-                    yield beam.pvalue.TaggedOutput("rejected", rejected)
+        for parent in grouped["parent"][:1]:
+            for record in grouped["records"]:
+                yield codec.attach(record, parent)
 
     return (
-        {"trajectory": keyed, "judgement": judgements}
-        | "JoinReusedJudgements" >> beam.CoGroupByKey()
-        | "ReusedVerdicts" >> beam.FlatMap(verdicts).with_outputs("rejected", main="passed")
+        {"records": old, "parent": keyed}
+        | "JoinParents" >> beam.CoGroupByKey()
+        | "Attach" >> beam.FlatMap(attached)
     )

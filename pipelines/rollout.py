@@ -37,11 +37,11 @@ from pipelines.batching import failure_from
 from pipelines.envs import RunEnvironments
 from pipelines.parquet_io import read_rows
 from pipelines.runtime import model
-from pipelines.stages import stable_seed
+from pipelines.shared import stable_seed
 from schemas.arrow import _TRAJECTORY_FIELDS, FAILURE_SCHEMA, to_row
 from schemas.records import Failure, RLTask, canonical_json
 from simulators.episode import drive
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 
 ROLLOUT_SCHEMA = pa.schema(
     [

@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from pipelines import outdir, progress, runtime, storage
 from pipelines import resume as checkpoints
@@ -33,15 +31,14 @@ from pipelines.card import write_card
 from pipelines.config import RunConfig
 from pipelines.manifest import build_manifest
 from pipelines.parquet_io import OUTPUT_FOLDERS, WriteRecords
+from pipelines.shared import LoadToolSpecs, in_process_pipeline
 from pipelines.stages import (
     ComposeAgents,
     GenerateTasks,
     JudgeTrajectories,
     LoadDomain,
-    LoadToolSpecs,
     RunEpisodes,
     join_tasks_with_agents,
-    join_trajectories_with_tasks,
     rl_task,
 )
 from schemas import arrow
@@ -63,16 +60,15 @@ def build(
     def control(stage: str) -> checkpoints.StageControl | None:
         return resume.control(stage, config) if resume is not None else None
 
-    olds: dict[str, Any] = {}
-
-    def reused(stage: str, fresh: Any) -> Any:
-        """`fresh` plus the stage's outputs reused from the checkpoint."""
-        if resume is None or not resume.chosen.get(stage):
+    def with_reused(stage: type[Any], fresh: Any, parents: Any = None) -> Any:
+        """`fresh` (the stage's output) plus its work reused from the checkpoint, read back by
+        the stage's own codec in the same shape; `parents`: what its records were made from."""
+        codec = stage.codec
+        if resume is None or not resume.chosen.get(codec.stage):
             return fresh
-        label = stage.capitalize()
-        old = pipeline | f"Reused{label}" >> checkpoints.ReadCheckpoint(stage, resume.plan(stage))
-        olds[stage] = old
-        return (fresh, old) | f"All{label}" >> beam.Flatten()
+        inputs = {"fresh": fresh} if parents is None else {"fresh": fresh, "parents": parents}
+        label = f"Reused{codec.stage.capitalize()}"
+        return inputs | label >> checkpoints.WithReused(codec, resume)
 
     if config.domain:  # a tau-bench-like domain brings its own agent and tasks (no model)
         specs, agents, tasks, domain_failures = pipeline | "LoadDomain" >> LoadDomain(config)
@@ -82,34 +78,22 @@ def build(
         loaded = pipeline | "LoadToolSpecs" >> LoadToolSpecs(paths)
         specs = loaded.specs
         composed = specs | "ComposeAgents" >> ComposeAgents(config, control("agents"))
-        slotted = reused("agents", composed.agents)
+        slotted = with_reused(ComposeAgents, composed.agents)
         agents = slotted | "DropSlot" >> beam.Map(lambda pair: pair[1])
         generated = slotted | "GenerateTasks" >> GenerateTasks(config, control("tasks"))
-        tasks = reused("tasks", generated.tasks)
+        # New tasks come with their agent: no barrier before the episodes.
+        pairs = with_reused(GenerateTasks, generated.pairs, agents)
+        tasks = pairs | "Tasks" >> beam.Map(lambda pair: pair[0])
         front_failures = (loaded.failures, composed.failures, generated.failures)
-        pairs = generated.pairs  # new tasks come with their agent: no barrier before episodes
-        if "tasks" in olds:  # reused tasks find their agent by a join
-            again = join_tasks_with_agents(olds["tasks"], agents, "ReusedTasks")
-            pairs = (pairs, again) | "AllPairs" >> beam.Flatten()
 
     played = pairs | "RunEpisodes" >> RunEpisodes(config, control("episodes"))
-    trajectories = reused("episodes", played.trajectories)
-    to_judge = played.judge_inputs
-    if "episodes" in olds:
-        # Reused trajectories find their task by a join; fresh ones came paired with theirs.
-        again = join_trajectories_with_tasks(olds["episodes"], tasks)
-        to_judge = (to_judge, again) | "AllToJudge" >> beam.Flatten()
-    judged = to_judge | "JudgeTrajectories" >> JudgeTrajectories(config, control("judge"))
-    if resume is not None and resume.chosen.get("judge"):
-        done = frozenset(resume.chosen["judge"])
-        again = checkpoints.rejoin_judgements(
-            to_judge | "JudgedBefore" >> beam.Filter(lambda pair: pair[0].id in done),
-            pipeline | "ReusedJudge" >> checkpoints.ReadCheckpoint("judge", resume.plan("judge")),
-        )
-        passed = (judged.passed, again.passed) | "AllPassed" >> beam.Flatten()
-        rejected = (judged.rejected, again.rejected) | "AllRejected" >> beam.Flatten()
-    else:
-        passed, rejected = judged.passed, judged.rejected
+    episodes = with_reused(RunEpisodes, played.judge_inputs, tasks)
+    trajectories = episodes | "Trajectories" >> beam.Map(lambda pair: pair[0])
+    judged = episodes | "JudgeTrajectories" >> JudgeTrajectories(config, control("judge"))
+    verdicts = with_reused(JudgeTrajectories, judged.judged, trajectories)
+    passed, rejected = verdicts | "Verdicts" >> beam.Partition(
+        lambda item, _: 0 if item.judgement.passed else 1, 2
+    )
     rl = pairs | "ToRLTasks" >> beam.Map(rl_task)
 
     failures = (
@@ -132,7 +116,7 @@ def build(
         f"{out}/trajectories", arrow.TRAJECTORY_SCHEMA, _defused(arrow.to_row)
     )
     _ = passed | "WriteSFT" >> WriteRecords(
-        f"{out}/sft", arrow.SFT_SCHEMA, _defused(lambda pair: arrow.sft_row(*pair))
+        f"{out}/sft", arrow.SFT_SCHEMA, _defused(arrow.passed_row)
     )
     _ = rejected | "WriteRejected" >> WriteRecords(
         f"{out}/rejected", arrow.REJECTED_SCHEMA, _defused(arrow.rejected_row)
@@ -149,11 +133,6 @@ def _defused(to_row: Callable[[Any], dict[str, Any]]) -> Callable[[Any], dict[st
 
 def _failure_row(failure: Failure) -> dict[str, Any]:
     return arrow.to_row(failure)
-
-
-def in_process_pipeline() -> beam.Pipeline:
-    """A pipeline on the in-process portable runner: no Prism binary, shared model clients."""
-    return beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions([]))
 
 
 def run(

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from simulators.llm import registry
 from simulators.llm.base import ChatModel
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 
 T = TypeVar("T")
 

@@ -5,7 +5,6 @@ stage's Parquet output.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -13,17 +12,18 @@ from typing import Any
 import apache_beam as beam
 
 from filters.checks import run_checks
-from filters.judge import checks_judgement, judge
+from filters.judge import checks_judgement, judge, judge_committee
 from filters.reward import score_trajectory, with_reward
 from pipelines.batching import FAILURES, AsyncBatchFn, Handled, failure_from, usage_kept
 from pipelines.config import RunConfig
 from pipelines.resume import StageControl
 from pipelines.runtime import model
+from pipelines.shared import fixed_batches, stable_seed
 from schemas.records import (
     AgentSpec,
     Failure,
+    JudgedTrajectory,
     Judgement,
-    RejectedTrajectory,
     RLTask,
     Task,
     TokenCount,
@@ -35,26 +35,11 @@ from simulators.persona import make_persona
 from simulators.sandbox import require_sandbox
 from toolspecs.compose import DIFFICULTIES, choose_tools, write_agent, write_task
 from toolspecs.domain import load_domain
-from toolspecs.load import load_file, spec_files
+from toolspecs.task_gate import gate
 
 JUDGE_INPUTS = "judge_inputs"
 PAIRS = "pairs"
 """Tagged output of the task stage: each new task with its agent, for the episode stage."""
-
-
-def stable_seed(*parts: object) -> int:
-    """A 31-bit seed from `parts`, stable across processes (unlike `hash`)."""
-    text = ":".join(str(p) for p in parts)
-    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
-
-
-def fixed_batches(size: int) -> beam.BatchElements:
-    """Batches of `size` (fewer at a bundle's end).
-
-    Beam's default adaptive batching starts at one element and grows with measured time, which
-    would run the first episodes one at a time and leave the engine idle.
-    """
-    return beam.BatchElements(min_batch_size=size, max_batch_size=size)
 
 
 def _one(element: Any) -> list[Any]:
@@ -74,32 +59,6 @@ def _controlled(fn: AsyncBatchFn, control: StageControl | None) -> AsyncBatchFn:
     return fn
 
 
-class _LoadFileFn(beam.DoFn):
-    def process(self, path: str) -> Iterator[Any]:
-        for item in load_file(path):
-            if isinstance(item, Failure):
-                yield beam.pvalue.TaggedOutput(FAILURES, item)
-            else:
-                yield item
-
-
-class LoadToolSpecs(beam.PTransform):
-    """Spec files -> ToolSpecs (main output) and Failures (tagged `failures`)."""
-
-    def __init__(self, paths: list[str]) -> None:
-        super().__init__()
-        self.paths = paths
-
-    def expand(self, pbegin: beam.pvalue.PBegin) -> Any:
-        files = [str(p) for p in spec_files(self.paths)]
-        return (
-            pbegin
-            | "SpecFiles" >> beam.Create(files)
-            | "Reshuffle" >> beam.Reshuffle()
-            | "Load" >> beam.ParDo(_LoadFileFn()).with_outputs(FAILURES, main="specs")
-        )
-
-
 class _RunFn(AsyncBatchFn):
     """A model-driven step of the run; `total` (default: the episodes) sizes its progress."""
 
@@ -109,7 +68,10 @@ class _RunFn(AsyncBatchFn):
 
 
 class _RunStage(beam.PTransform):
-    """A stage of the run: its config and, when the run checkpoints, its control."""
+    """A stage of the run: its config and, when the run checkpoints, its control; `codec` (its
+    DoFn class) says how its finished work is checkpointed and read back."""
+
+    codec: type[AsyncBatchFn]
 
     def __init__(self, config: RunConfig, control: StageControl | None = None) -> None:
         super().__init__()
@@ -141,9 +103,18 @@ class _ComposeAgentFn(_RunFn):
     def checkpoint_key(self, slot: int) -> str:
         return str(slot)
 
+    def encode(self, slot: int, output: tuple[int, AgentSpec]) -> tuple[AgentSpec, str]:
+        return output[1], ""
+
+    @staticmethod
+    def decode(key: str, record: str) -> tuple[int, AgentSpec]:
+        return int(key), AgentSpec.model_validate_json(record)
+
 
 class ComposeAgents(_RunStage):
     """ToolSpec pool -> (slot, AgentSpec) for every agent the run needs, plus Failures."""
+
+    codec = _ComposeAgentFn
 
     def expand(self, specs: Any) -> Any:
         n_agents = math.ceil(self.config.episodes / self.config.tasks_per_agent)
@@ -183,6 +154,22 @@ class _WriteTaskFn(_RunFn):
     def checkpoint_key(self, element: tuple[int, AgentSpec]) -> str:
         return str(element[0])
 
+    def encode(self, element: tuple[int, AgentSpec], output: Task) -> tuple[Task, str]:
+        return output, element[1].id
+
+    @staticmethod
+    def decode(key: str, record: str) -> Task:
+        return Task.model_validate_json(record)
+
+    @staticmethod
+    def attach(task: Task, agent: AgentSpec) -> tuple[Task, AgentSpec]:
+        """A reused task with its agent, as the `pairs` output carries new ones."""
+        return task, agent
+
+    @staticmethod
+    def parent_id(agent: AgentSpec) -> str:
+        return agent.id
+
     def also(self, element: tuple[int, AgentSpec], outputs: list[Any]) -> list[Any]:
         return [beam.pvalue.TaggedOutput(PAIRS, (outputs[0], element[1]))]
 
@@ -195,6 +182,8 @@ class GenerateTasks(_RunStage):
     written: joining tasks with agents by key instead is a barrier that left the engine idle
     from the last task written to the first episode started (~21 s at 1,500 episodes).
     """
+
+    codec = _WriteTaskFn
 
     def expand(self, agents: Any) -> Any:
         per, total = self.config.tasks_per_agent, self.config.episodes
@@ -266,6 +255,7 @@ class _EpisodeFn(_RunFn):
             tool=model(cfg.models.tool),
             names={r: getattr(cfg.models, r).display_name() for r in ("user", "agent", "tool")},
         )
+        gate(task, agent)  # no episode for a junk task, wherever it came from
         seed = stable_seed(cfg.seed, "episode", task.id)
         persona = make_persona(f"{cfg.seed}:{task.id}")
         trajectory = await run_episode(task, agent, persona, models, cfg.episode, seed)
@@ -282,6 +272,24 @@ class _EpisodeFn(_RunFn):
     def checkpoint_key(self, element: tuple[Task, AgentSpec]) -> str:
         return element[0].id
 
+    def encode(
+        self, element: tuple[Task, AgentSpec], output: Trajectory
+    ) -> tuple[Trajectory, str]:
+        return output, element[0].id
+
+    @staticmethod
+    def decode(key: str, record: str) -> Trajectory:
+        return Trajectory.model_validate_json(record)
+
+    @staticmethod
+    def attach(trajectory: Trajectory, task: Task) -> tuple[Trajectory, Task]:
+        """A reused trajectory with its task, as the `judge_inputs` output carries new ones."""
+        return trajectory, task
+
+    @staticmethod
+    def parent_id(task: Task) -> str:
+        return task.id
+
     def also(self, element: tuple[Task, AgentSpec], outputs: list[Any]) -> list[Any]:
         return [beam.pvalue.TaggedOutput(JUDGE_INPUTS, (outputs[0], element[0]))]
 
@@ -295,6 +303,8 @@ class RunEpisodes(_RunStage):
     judge takes the pairs as they come: joining trajectories with tasks by key instead would
     hold every trajectory in the in-process runner's memory until the last episode ended.
     """
+
+    codec = _EpisodeFn
 
     def expand(self, pairs: Any) -> Any:
         return (
@@ -317,31 +327,32 @@ class _JudgeFn(_RunFn):
         if failed:
             judgement = checks_judgement(trajectory, failed)
         else:
+            sampling = cfg.judge.sampling.model_copy(
+                update={"seed": stable_seed(cfg.seed, "judge", trajectory.id)}
+            )
             with usage_kept(usage):
-                result = await judge(
-                    trajectory,
-                    task,
-                    model(cfg.models.judge),
-                    cfg.judge.sampling.model_copy(
-                        update={"seed": stable_seed(cfg.seed, "judge", trajectory.id)}
-                    ),
-                    pass_threshold=cfg.judge.pass_threshold,
-                    max_attempts=cfg.judge.attempts,
-                    usage=usage,
-                )
+                if cfg.judge.models:
+                    result = await judge_committee(
+                        trajectory, task, [model(m) for m in cfg.judge.models], sampling,
+                        cfg.judge.pass_threshold, cfg.judge.attempts, usage, cfg.judge.voting,
+                    )
+                else:
+                    result = await judge(
+                        trajectory, task, model(cfg.models.judge), sampling,
+                        pass_threshold=cfg.judge.pass_threshold,
+                        max_attempts=cfg.judge.attempts,
+                        usage=usage,
+                    )
             judgement = result.judgement
         # The outcome reward is recorded beside the verdict; the verdict alone decides sft/.
         judgement = with_reward(judgement, score_trajectory(trajectory, task))
-        if judgement.passed:
-            return [(trajectory, judgement)], usage
-        rejected = RejectedTrajectory(trajectory=trajectory, judgement=judgement)
-        return [beam.pvalue.TaggedOutput("rejected", rejected)], usage
+        return [JudgedTrajectory(trajectory=trajectory, judgement=judgement)], usage
 
     def note(self, outputs: list[Any]) -> str:
-        if isinstance(outputs[0], tuple):
-            return f"passed (score {outputs[0][1].score:.2f})"
-        rejected: RejectedTrajectory = outputs[0].value
-        why = rejected.judgement.failed_checks[:1] or [f"score {rejected.judgement.score:.2f}"]
+        judgement = outputs[0].judgement
+        if judgement.passed:
+            return f"passed (score {judgement.score:.2f})"
+        why = judgement.failed_checks[:1] or [f"score {judgement.score:.2f}"]
         return f"rejected: {why[0][:70]}"
 
     def failure(self, element: tuple[Trajectory, Task], error: BaseException) -> Failure:
@@ -350,9 +361,29 @@ class _JudgeFn(_RunFn):
     def checkpoint_key(self, element: tuple[Trajectory, Task]) -> str:
         return element[0].id
 
+    def encode(
+        self, element: tuple[Trajectory, Task], output: JudgedTrajectory
+    ) -> tuple[Judgement, str]:
+        """Only the verdict: the trajectory is in the episodes' checkpoint already."""
+        return output.judgement, output.trajectory.id
+
+    @staticmethod
+    def decode(key: str, record: str) -> Judgement:
+        return Judgement.model_validate_json(record)
+
+    @staticmethod
+    def attach(judgement: Judgement, trajectory: Trajectory) -> JudgedTrajectory:
+        return JudgedTrajectory(trajectory=trajectory, judgement=judgement)
+
+    @staticmethod
+    def parent_id(trajectory: Trajectory) -> str:
+        return trajectory.id
+
 
 class JudgeTrajectories(_RunStage):
-    """(Trajectory, Task) -> passing (Trajectory, Judgement), `rejected`, and `failures`."""
+    """(Trajectory, Task) -> JudgedTrajectory whatever the verdict, and `failures`."""
+
+    codec = _JudgeFn
 
     def expand(self, pairs: Any) -> Any:
         return (
@@ -360,25 +391,8 @@ class JudgeTrajectories(_RunStage):
             | streamed("BatchJudging")
             | "Judge"
             >> beam.ParDo(_controlled(_JudgeFn(self.config), self.control))
-            .with_outputs(FAILURES, "rejected", main="passed")
+            .with_outputs(FAILURES, main="judged")
         )
-
-
-def join_trajectories_with_tasks(trajectories: Any, tasks: Any) -> Any:
-    keyed_t = trajectories | "KeyTrajectories" >> beam.Map(lambda t: (t.task_id, t))
-    keyed_tasks = tasks | "KeyTasksForJudge" >> beam.Map(lambda t: (t.id, t))
-
-    def pairs(element: tuple[str, dict[str, list[Any]]]) -> Iterator[tuple[Trajectory, Task]]:
-        _, grouped = element
-        for task in grouped["task"][:1]:
-            for trajectory in grouped["trajectories"]:
-                yield trajectory, task
-
-    return (
-        {"trajectories": keyed_t, "task": keyed_tasks}
-        | "JoinForJudge" >> beam.CoGroupByKey()
-        | "JudgePairs" >> beam.FlatMap(pairs)
-    )
 
 
 def rl_task(pair: tuple[Task, AgentSpec]) -> RLTask:
@@ -409,10 +423,7 @@ __all__ = [
     "JudgeTrajectories",
     "Judgement",
     "LoadDomain",
-    "LoadToolSpecs",
     "RunEpisodes",
     "join_tasks_with_agents",
-    "join_trajectories_with_tasks",
     "rl_task",
-    "stable_seed",
 ]

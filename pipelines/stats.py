@@ -84,6 +84,24 @@ def _rows(folder: Any, columns: list[str]) -> list[dict[str, Any]]:
     return [] if table is None else table.to_pylist()
 
 
+def _committee_and_reward(
+    sft: list[dict[str, Any]], judged_rejected: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Inter-judge agreement (committees) and the judge's false-pass rate: of the judged
+    trajectories whose verifiable reward is 0, the share the judge passed anyway."""
+    judged = sft + judged_rejected
+    agreement = [r["judge_agreement"] for r in judged if r.get("judge_agreement") is not None]
+    failed_outcome = [r for r in judged if r.get("reward") == 0]
+    false_passes = sum(1 for r in sft if r.get("reward") == 0)
+    return {
+        "agreement": _mean(agreement),
+        "with_committee": len(agreement),
+        "reward_0": len(failed_outcome),
+        "false_pass_rate": round(false_passes / len(failed_outcome), 4)
+        if failed_outcome else None,
+    }
+
+
 def run_stats(out: str | Any, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything the card and `agentmill stats` report about the run in `out`."""
     out = storage.run_path(out)
@@ -91,8 +109,11 @@ def run_stats(out: str | Any, manifest: dict[str, Any] | None = None) -> dict[st
     episodes = _rows(out / "trajectories", ["messages", "turns", "domain", "end_reason"])
     turns = [int(r["turns"] or 0) for r in episodes]
     calls = [tool_calls(r["messages"]) for r in episodes]
-    sft = _rows(out / "sft", ["messages", "tools", "judge_score"])
-    rejected = _rows(out / "rejected", ["judge_score", "failed_checks"])
+    # `reward` and `judge_agreement` read as nulls from runs made before they existed.
+    sft = _rows(out / "sft", ["messages", "tools", "judge_score", "reward", "judge_agreement"])
+    rejected = _rows(
+        out / "rejected", ["judge_score", "failed_checks", "reward", "judge_agreement"]
+    )
     passed_scores = [r["judge_score"] for r in sft if r["judge_score"] is not None]
     # A trajectory the checks rejected never reached the judge: it has no judge score, and it
     # counts as a check rejection, not as a judged one (older runs stored 0.0 for it).
@@ -129,6 +150,7 @@ def run_stats(out: str | Any, manifest: dict[str, Any] | None = None) -> dict[st
             "mean_score": _mean(passed_scores + rejected_scores),
             "mean_score_passed": _mean(passed_scores),
             "mean_score_rejected": _mean(rejected_scores),
+            **_committee_and_reward(sft, by_judge),
         },
         "tokens": {
             "by_role": usage,
@@ -180,6 +202,8 @@ def summary_rows(stats: dict[str, Any]) -> list[tuple[str, str, Any]]:
         ("judge", "mean score", judge["mean_score"]),
         ("judge", "mean score, passed", judge["mean_score_passed"]),
         ("judge", "mean score, rejected", judge["mean_score_rejected"]),
+        ("judge", "inter-judge agreement", judge["agreement"]),
+        ("judge", "false-pass rate (reward 0, passed)", pct(judge["false_pass_rate"])),
         ("episodes", "episodes", episodes["count"]),
         ("episodes", "mean user turns", episodes["mean_turns"]),
         ("episodes", "mean tool calls", episodes["mean_tool_calls"]),

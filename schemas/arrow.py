@@ -15,9 +15,9 @@ from pydantic import BaseModel
 from schemas.records import (
     AgentSpec,
     Failure,
+    JudgedTrajectory,
     Judgement,
     Message,
-    RejectedTrajectory,
     RLTask,
     Task,
     ToolSpec,
@@ -98,13 +98,19 @@ _TRAJECTORY_FIELDS = [
 ]
 TRAJECTORY_SCHEMA = pa.schema(_TRAJECTORY_FIELDS)
 SFT_SCHEMA = pa.schema(
-    [*_TRAJECTORY_FIELDS, ("judge_score", pa.float64()), ("reward", pa.float64())]
+    [
+        *_TRAJECTORY_FIELDS,
+        ("judge_score", pa.float64()),
+        ("reward", pa.float64()),
+        ("judge_agreement", pa.float64()),
+    ]
 )
 REJECTED_SCHEMA = pa.schema(
     [
         *_TRAJECTORY_FIELDS,
         ("judge_score", pa.float64()),
         ("reward", pa.float64()),
+        ("judge_agreement", pa.float64()),
         ("failed_checks", pa.list_(pa.string())),
         ("judgement", pa.string()),
     ]
@@ -193,10 +199,20 @@ def from_row(cls: type[T], row: dict[str, Any]) -> T:
 
 def sft_row(trajectory: Trajectory, judgement: Judgement) -> dict[str, Any]:
     """A passing trajectory with its judge score and its outcome reward (None: no outcome)."""
-    return {**to_row(trajectory), "judge_score": judgement.score, "reward": judgement.reward}
+    return {
+        **to_row(trajectory),
+        "judge_score": judgement.score,
+        "reward": judgement.reward,
+        "judge_agreement": judgement.agreement,
+    }
 
 
-def rejected_row(rejected: RejectedTrajectory) -> dict[str, Any]:
+def passed_row(judged: JudgedTrajectory) -> dict[str, Any]:
+    """An sft/ row from a judged trajectory that passed."""
+    return sft_row(judged.trajectory, judged.judgement)
+
+
+def rejected_row(rejected: JudgedTrajectory) -> dict[str, Any]:
     """A rejected trajectory with the full judgement, so a user can see why."""
     judgement = rejected.judgement
     return {
@@ -204,6 +220,7 @@ def rejected_row(rejected: RejectedTrajectory) -> dict[str, Any]:
         # Rejected by the deterministic checks: no judge saw it, so it has no judge score.
         "judge_score": None if judgement.failed_checks else judgement.score,
         "reward": judgement.reward,
+        "judge_agreement": judgement.agreement,
         "failed_checks": list(judgement.failed_checks),
         "judgement": judgement.model_dump_json(),
     }

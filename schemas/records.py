@@ -6,6 +6,7 @@ same ids and duplicates show up as equal ids rather than as near-identical rows.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -81,13 +82,22 @@ class Record(BaseModel):
     def _fill_id(self) -> Record:
         if not self.id:
             excluded = {"id", *self.id_excludes}
-            for name in self.id_skips_defaults:
-                info = type(self).model_fields[name]
-                if getattr(self, name) == info.get_default(call_default_factory=True):
+            for name, default in _id_defaults(type(self)).items():
+                if getattr(self, name) == default:
                     excluded.add(name)
             body = self.model_dump(mode="json", exclude=excluded)
             object.__setattr__(self, "id", content_id(self.id_prefix, body))
         return self
+
+
+@functools.cache
+def _id_defaults(cls: type[Record]) -> dict[str, Any]:
+    """The defaults of `cls.id_skips_defaults`, computed once per class: pydantic inspects a
+    default factory's signature on every `get_default` call, a large share of a record's cost."""
+    return {
+        name: cls.model_fields[name].get_default(call_default_factory=True)
+        for name in cls.id_skips_defaults
+    }
 
 
 class ToolSpec(Record):
@@ -224,7 +234,8 @@ class WorkspaceSpec(BaseModel):
     file) are never shown to the agent: after the episode they run in a sandbox over its final
     files, and the share that passes is the reward. `required_points` (path -> strings that must
     appear in that file, case-insensitive), `min_headings` (path -> least number of Markdown
-    headings) and `emails` (what the outbox must hold) are checks on what the agent produced.
+    headings), `emails` (what the outbox must hold) and `emails_at_most` are checks on what the
+    agent produced.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -234,6 +245,10 @@ class WorkspaceSpec(BaseModel):
     required_points: dict[str, list[str]] = Field(default_factory=dict)
     min_headings: dict[str, int] = Field(default_factory=dict)
     emails: list[EmailExpectation] = Field(default_factory=list)
+    emails_at_most: int | None = Field(
+        default=None, ge=0,
+        description="The most emails the outbox may hold at the end (0: a task to decline).",
+    )
 
     @model_validator(mode="after")
     def _relative_paths(self) -> WorkspaceSpec:
@@ -244,7 +259,10 @@ class WorkspaceSpec(BaseModel):
         return self
 
     def has_checks(self) -> bool:
-        return bool(self.hidden_tests or self.required_points or self.min_headings or self.emails)
+        return bool(
+            self.hidden_tests or self.required_points or self.min_headings or self.emails
+            or self.emails_at_most is not None
+        )
 
 
 class Task(Record):
@@ -386,11 +404,24 @@ class CriterionScore(BaseModel):
     reason: str = ""
 
 
+class JudgeVote(BaseModel):
+    """One committee member's verdict on a trajectory."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    judge_model: str
+    score: float
+    passed: bool
+
+
 class Judgement(Record):
-    """The verdict on one trajectory: deterministic checks first, then the rubric judge."""
+    """The verdict on one trajectory: deterministic checks first, then the rubric judge (one
+    model, or a committee whose `votes` are kept with their `agreement`)."""
 
     id_prefix: ClassVar[str] = "judgement"
-    id_skips_defaults: ClassVar[frozenset[str]] = frozenset({"reward", "reward_reasons"})
+    id_skips_defaults: ClassVar[frozenset[str]] = frozenset(
+        {"reward", "reward_reasons", "votes", "agreement"}
+    )
 
     trajectory_id: str
     scores: list[CriterionScore] = Field(default_factory=list)
@@ -403,6 +434,12 @@ class Judgement(Record):
         default=None, description="The outcome reward (state and facts); None: no outcome."
     )
     reward_reasons: list[str] = Field(default_factory=list)
+    votes: list[JudgeVote] = Field(
+        default_factory=list, description="A committee's verdicts, one per judge model."
+    )
+    agreement: float | None = Field(
+        default=None, description="Share of the committee whose verdict is the committee's."
+    )
 
 
 class Failure(Record):
@@ -450,8 +487,9 @@ class RLTask(Record):
     )
 
 
-class RejectedTrajectory(BaseModel):
-    """A trajectory that failed a check or the judge, kept with the verdict."""
+class JudgedTrajectory(BaseModel):
+    """A trajectory with its verdict, passed or not: the judge stage's one output record
+    (`judgement.passed` sends it to sft/ or rejected/)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -461,3 +499,7 @@ class RejectedTrajectory(BaseModel):
     @property
     def id(self) -> str:
         return self.trajectory.id
+
+
+RejectedTrajectory = JudgedTrajectory
+"""The name rejected/ rows had before passed ones shared the record."""

@@ -15,7 +15,8 @@ from typing import Any
 
 from schemas.records import Message, TokenCount
 from simulators import safe_schema
-from simulators.llm.base import ChatModel, Completion, ModelError, ModelOutputError, Sampling
+from simulators.llm.base import ChatModel, Completion, Sampling
+from simulators.llm.errors import ModelError, ModelOutputError
 
 Usage = dict[str, TokenCount]
 

@@ -36,7 +36,8 @@ from schemas.records import (
     Trajectory,
 )
 from simulators.ask import RoleOutputError, Usage
-from simulators.llm.base import ChatModel, ModelError, Sampling
+from simulators.llm.base import ChatModel, Sampling
+from simulators.llm.errors import ModelError
 from simulators.persona import make_persona
 from simulators.tool_simulator import ToolSimulator, api_error
 from simulators.user_simulator import UserSimulator

@@ -19,7 +19,9 @@ from simulators.environment import (
     agent_system_message,
     seeded,
 )
-from simulators.llm.base import ChatModel, Completion, ModelError, Sampling
+from simulators.llm.base import ChatModel, Completion, Sampling
+from simulators.llm.errors import ModelError
+from simulators.llm.toolcall import prose
 
 __all__ = [
     "EpisodeConfig",
@@ -153,7 +155,7 @@ async def drive(env: Environment, agent: ChatModel) -> StepResult:
 
 FINAL_REPLY_SCHEMA = {
     "type": "object",
-    "properties": {"content": {"type": "string", "minLength": 1}, "final": {"type": "boolean"}},
+    "properties": {"content": prose(minLength=1), "final": {"type": "boolean"}},
     "required": ["content", "final"],
     "additionalProperties": False,
 }

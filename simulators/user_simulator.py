@@ -16,17 +16,18 @@ from schemas.records import Message, Persona, Task
 from simulators.ask import RoleOutputError, Usage, ask, schema_errors
 from simulators.disclosure import unprompted_leaks
 from simulators.llm.base import ChatModel, Completion, Sampling
+from simulators.llm.toolcall import prose
 from simulators.persona import STYLE_GUIDES
 
 OPENING_SCHEMA = {
     "type": "object",
-    "properties": {"message": {"type": "string", "minLength": 1}},
+    "properties": {"message": prose(minLength=1)},
     "required": ["message"],
     "additionalProperties": False,
 }
 REPLY_SCHEMA = {
     "type": "object",
-    "properties": {"message": {"type": "string"}, "done": {"type": "boolean"}},
+    "properties": {"message": prose(), "done": {"type": "boolean"}},
     "required": ["done", "message"],
     "additionalProperties": False,
 }

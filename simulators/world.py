@@ -24,7 +24,7 @@ from typing import Any
 from faker import Faker
 
 from schemas.records import STATE_CHANGES, JsonObject, ToolSpec
-from simulators import constraints
+from simulators import constraints, values
 from simulators.ask import schema_errors
 
 RECORDS_PER_COLLECTION = 3
@@ -370,13 +370,15 @@ def _flat_schema(schema: dict[str, Any]) -> bool:
 
 
 def build_world(tools: Iterable[ToolSpec], key: str, per_collection: int = RECORDS_PER_COLLECTION,
-                locale: str = "en_US") -> JsonObject:
+                locale: str = "en_US",
+                ranges: tuple[tuple[str, float, float], ...] = ()) -> JsonObject:
     """An initial world for `tools`, determined by `key`: Faker records for every collection.
 
     Every field value is valid against the schema the tools declare for it, and id fields that
     point into another collection hold one of that collection's ids.
     """
     tools = list(tools)
+    context = values.Context(tool_words(tools), ranges)
     fake = Faker(locale)
     seed = random.Random(key).getrandbits(32)
     fake.seed_instance(seed)
@@ -404,7 +406,7 @@ def build_world(tools: Iterable[ToolSpec], key: str, per_collection: int = RECOR
         for _ in range(per_collection):
             record_id = f"{prefix}-{rng.randint(1000, 9999)}"
             record = {
-                name: fake_value(name, schema, fake, rng)
+                name: fake_value(name, schema, fake, rng, context=context)
                 for name, schema in sorted(fields.items())
                 if name != id_field
             }
@@ -419,26 +421,20 @@ def build_world(tools: Iterable[ToolSpec], key: str, per_collection: int = RECOR
     return world
 
 
-NAME_HINTS: list[tuple[tuple[str, ...], str]] = [
-    (("email",), "email"),
-    (("phone",), "phone_number"),
-    (("first_name",), "first_name"),
-    (("last_name",), "last_name"),
-    (("name", "passenger", "customer", "owner", "author", "patient"), "name"),
-    (("city",), "city"),
-    (("country",), "country"),
-    (("address", "street"), "street_address"),
-    (("zip", "postal"), "postcode"),
-    (("company", "merchant", "vendor"), "company"),
-    (("title", "subject"), "catch_phrase"),
-    (("description", "note", "comment", "message", "body", "text"), "sentence"),
-    (("url", "link"), "url"),
-    (("currency",), "currency_code"),
-]
 
 
-def fake_value(name: str, schema: Any, fake: Faker, rng: random.Random, depth: int = 0) -> Any:
-    """A realistic value for field `name` that is valid against `schema`."""
+def tool_words(tools: Iterable[ToolSpec]) -> frozenset[str]:
+    """The words of the tools' names and descriptions: what the world's values are about."""
+    return values.words(" ".join(f"{t.name} {t.description}" for t in tools))
+
+
+def fake_value(
+    name: str, schema: Any, fake: Faker, rng: random.Random, depth: int = 0,
+    context: values.Context = values.NO_CONTEXT,
+) -> Any:
+    """A believable value for field `name` that is valid against `schema`: its meaning (name,
+    description, and the tools' words in `context`) picks the range or the Faker provider
+    (`simulators.values`)."""
     if not isinstance(schema, dict) or depth > MAX_DEPTH:
         return None
     if "const" in schema:
@@ -447,7 +443,7 @@ def fake_value(name: str, schema: Any, fake: Faker, rng: random.Random, depth: i
         return rng.choice(schema["enum"])
     for key in ("anyOf", "oneOf"):
         if isinstance(schema.get(key), list) and schema[key]:
-            return fake_value(name, schema[key][0], fake, rng, depth + 1)
+            return fake_value(name, schema[key][0], fake, rng, depth + 1, context)
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
@@ -456,22 +452,18 @@ def fake_value(name: str, schema: Any, fake: Faker, rng: random.Random, depth: i
     if kind == "string":
         return _fake_string(lowered, schema, fake, rng)
     if kind in ("integer", "number"):
-        low = schema.get("minimum", 1)
-        money = ("price", "amount", "balance", "total", "cost", "fee", "usd", "refund")
-        high = schema.get("maximum", 500 if any(w in lowered for w in money) else 10)
-        if kind == "integer":
-            return rng.randint(int(low), max(int(low), int(high)))
-        return round(rng.uniform(float(low), max(float(low), float(high))), 2)
+        meaning = context.number(name, schema)
+        return values.pick_number(meaning, kind == "integer", rng, schema)
     if kind == "boolean":
         return rng.random() < 0.5
     if kind == "array":
         count = max(int(schema.get("minItems", 0)), min(2, int(schema.get("maxItems", 2))))
-        return [fake_value(name, schema.get("items", {}), fake, rng, depth + 1)
+        return [fake_value(name, schema.get("items", {}), fake, rng, depth + 1, context)
                 for _ in range(count)]
     if kind == "object":
         required = set(schema.get("required", []))
         return {
-            sub: fake_value(sub, sub_schema, fake, rng, depth + 1)
+            sub: fake_value(sub, sub_schema, fake, rng, depth + 1, context)
             for sub, sub_schema in schema.get("properties", {}).items()
             if sub in required or rng.random() < 0.7
         }
@@ -496,9 +488,10 @@ def _fake_string(name: str, schema: dict[str, Any], fake: Faker, rng: random.Ran
         text = fake.date_between(start_date="today", end_date="+30d").isoformat()
     elif any(w in name for w in ("number", "code", "tracking", "reference", "sku")):
         text = fake.bothify("??-#######").upper()
+    elif "birth" in name or name in ("dob", "birthday"):
+        text = fake.date_of_birth(minimum_age=18, maximum_age=85).isoformat()
     else:
-        method = next((m for words, m in NAME_HINTS if any(w in name for w in words)), "word")
-        text = str(getattr(fake, method)())
+        text = str(getattr(fake, values.string_method(name) or "word")())
     low, high = int(schema.get("minLength", 0)), schema.get("maxLength")
     text = text.ljust(low, "x")
     return text[: int(high)] if high is not None else text

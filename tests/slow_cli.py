@@ -18,7 +18,7 @@ from typing import Any
 from pipelines.cli import app
 from simulators.llm import registry
 from simulators.llm.base import RawCompletion
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 from simulators.llm.scripted import ScriptedModel
 
 
@@ -34,7 +34,8 @@ class SlowModel(ScriptedModel):
 
 class NoisyModel(SlowModel):
     """Says what vLLM says at start-up: an engine start and ready event, a Python FutureWarning,
-    and a line written straight to file descriptor 2 (as C code and engine subprocesses do)."""
+    a library logger's warning, and a line written straight to file descriptor 2 (as C code
+    and engine subprocesses do)."""
 
     def __init__(self, delay_s: float) -> None:
         super().__init__(delay_s)
@@ -51,6 +52,7 @@ class NoisyModel(SlowModel):
             warnings.warn("Triton is not installed: noisy FutureWarning", FutureWarning,
                           stacklevel=1)
             os.write(2, b"W NUMA: noisy line on fd 2\n")
+            logging.getLogger("vllm.noisy").warning("noisy library logger")  # no handler set
             await asyncio.sleep(0.2)
             engine.info("ready", extra={**event, "engine_event": "ready", "seconds": 0.2})
         return await super().generate(messages, schema, sampling)

@@ -194,10 +194,10 @@ def write_run(folder: Path, sft: list[Trajectory], rejected: list[Trajectory]) -
                 for t in sft]
     pq.write_table(pa.Table.from_pylist(sft_rows, schema=arrow.SFT_SCHEMA),
                    folder / "sft" / "part-00000-of-00001.parquet")
-    from schemas.records import RejectedTrajectory
+    from schemas.records import JudgedTrajectory
 
     rejected_rows = [
-        arrow.rejected_row(RejectedTrajectory(
+        arrow.rejected_row(JudgedTrajectory(
             trajectory=t,
             judgement=Judgement(trajectory_id=t.id, passed=False, failed_checks=["tool_error"]),
         ))
@@ -271,13 +271,13 @@ def test_rejection_reasons_group_by_check_and_plot_cleanly(tmp_path: Path) -> No
 
 def test_check_rejections_are_not_judge_verdicts(tmp_path: Path) -> None:
     """A trajectory the checks rejected has no judge score and is not counted as judged."""
-    from schemas.records import RejectedTrajectory
+    from schemas.records import JudgedTrajectory
 
     checked = trajectory("weather", '{"t": 3}', "by checks")
     judged = trajectory("weather", '{"t": 4}', "by the judge")
     write_run(tmp_path / "run", sft=[trajectory("weather", '{"t": 5}', "passed")],
               rejected=[checked])
-    extra = arrow.rejected_row(RejectedTrajectory(
+    extra = arrow.rejected_row(JudgedTrajectory(
         trajectory=judged, judgement=Judgement(trajectory_id=judged.id, passed=False, score=0.25),
     ))
     pq.write_table(pa.Table.from_pylist([extra], schema=arrow.REJECTED_SCHEMA),

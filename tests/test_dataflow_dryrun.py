@@ -289,7 +289,7 @@ def test_run_folder_helpers_work_on_an_object_store(
     from pipelines.resume import checkpoint_rows, write_part
     from tests.helpers import task
 
-    written = write_part("fakegs://runs/x/_work/f/tasks", checkpoint_rows("0", [task()]))
+    written = write_part("fakegs://runs/x/_work/f/tasks", checkpoint_rows("0", [(task(), "")]))
     assert written.startswith("fakegs://runs/x/_work/f/tasks/part-")
     assert [p.name[:5] for p in (bucket / "runs/x/_work/f/tasks").iterdir()] == ["part-"]
     assert not FileSystems.exists("fakegs://runs/x/manifest.json")

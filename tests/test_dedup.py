@@ -9,7 +9,7 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.pool import Dedup, NearDuplicateRate
-from pipelines.run import in_process_pipeline
+from pipelines.shared import in_process_pipeline
 from schemas.records import ToolSpec
 from toolspecs import dedup as dd
 from toolspecs.load import load_library

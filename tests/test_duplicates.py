@@ -14,7 +14,7 @@ from typing import Any
 from pipelines.parquet_io import count_rows, read_column, read_rows
 from pipelines.run import run
 from simulators.llm import registry
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 from simulators.llm.scripted import ScriptedModel, ScriptRequest, schema_instance
 from tests import helpers
 from tests.test_pipeline import scripted_config

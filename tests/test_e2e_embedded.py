@@ -12,7 +12,7 @@ import pytest
 from pipelines.config import ROLES, load_config
 from pipelines.parquet_io import read_rows
 from pipelines.run import run
-from simulators.llm.registry import EMBEDDED_MODEL
+from simulators.llm.config import EMBEDDED_MODEL
 
 pytestmark = pytest.mark.e2e
 

@@ -17,10 +17,11 @@ from pipelines.batching import RunStopped
 from pipelines.run import run
 from schemas.records import Message
 from simulators.llm import registry
-from simulators.llm.base import ModelUnavailable, Sampling
+from simulators.llm.base import Sampling
+from simulators.llm.config import ModelConfig
+from simulators.llm.errors import ModelUnavailable
 from simulators.llm.faults import ChatModelTransport
 from simulators.llm.openai_backend import OpenAIChatModel
-from simulators.llm.registry import ModelConfig
 from simulators.llm.scripted import ScriptedModel
 from tests.test_pipeline import scripted_config
 

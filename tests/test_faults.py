@@ -17,9 +17,10 @@ from pipelines.run import run
 from schemas.records import Message
 from simulators.ask import RoleOutputError, ask
 from simulators.llm import registry
-from simulators.llm.base import ModelError, Sampling
+from simulators.llm.base import Sampling
+from simulators.llm.config import ModelConfig
+from simulators.llm.errors import ModelError
 from simulators.llm.faults import FAULTS, SCHEMA_BREAKER, even_rates, faulty_model
-from simulators.llm.registry import ModelConfig
 from simulators.llm.scripted import ScriptedModel
 from tests.test_pipeline import scripted_config
 

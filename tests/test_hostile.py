@@ -16,7 +16,7 @@ from pipelines.chat_template import render_chat
 from pipelines.parquet_io import read_column, read_rows
 from pipelines.run import run
 from simulators.llm import registry
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 from simulators.llm.scripted import ScriptedModel, ScriptRequest, schema_instance
 from simulators.llm.toolcall import ZERO_WIDTH_SPACE, defuse_markers
 from tests import helpers

@@ -23,7 +23,7 @@ from pipelines.parquet_io import read_rows
 from pipelines.run import run
 from schemas.records import Failure, ToolSpec
 from simulators.llm import registry
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 from simulators.llm.scripted import ScriptedModel, ScriptRequest, schema_instance
 from simulators.llm.toolcall import ZERO_WIDTH_SPACE, defuse_markers, defuse_written
 from tests import helpers
@@ -462,3 +462,17 @@ def test_a_symlink_loop_as_a_spec_file_is_a_named_failure(tmp_path: Path) -> Non
     (tmp_path / "b.json").symlink_to(tmp_path / "a.json")
     (failure,) = load_file(tmp_path / "a.json")
     assert failure.error_type == "OSError" and "symbolic links" in failure.error
+
+
+def test_import_refuses_a_pipe_and_non_standard_numbers_and_goes_on(tmp_path: Path) -> None:
+    from toolspecs.importers import import_paths
+
+    os.mkfifo(tmp_path / "pipe.json")
+    (tmp_path / "nan.jsonl").write_text(
+        json.dumps({"tools": [_spec("fine")]}) + "\n" + '{"tools": [{"name": "n", "x": NaN}]}\n'
+    )
+    outcomes = _finishes(lambda: list(import_paths([tmp_path], "mcp")))
+    refused = [o.reason for o in outcomes if o.status == "refused"]
+    assert any("named pipe" in r for r in refused) and any("NaN is not standard" in r
+                                                             for r in refused), refused
+    assert [o.spec.name for o in outcomes if o.spec is not None] == ["fine"]

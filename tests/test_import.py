@@ -10,9 +10,8 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app
 from pipelines.parquet_io import read_rows
-from pipelines.pool import import_specs
 from schemas.records import Failure, ToolSpec
-from toolspecs.importers import MAX_TOOL_BYTES, import_paths
+from toolspecs.importers import MAX_TOOL_BYTES, import_paths, import_specs
 from toolspecs.load import check_parameters_schema, load_paths
 
 MCP = Path("/work/shared/data/mcp_servers.jsonl")

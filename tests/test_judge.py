@@ -18,7 +18,8 @@ from filters.judge import (
     response_schema,
 )
 from schemas.records import FunctionCall, Message, Rubric, Task, ToolCall, Trajectory
-from simulators.llm.base import ModelOutputError, Sampling
+from simulators.llm.base import Sampling
+from simulators.llm.errors import ModelOutputError
 from simulators.llm.scripted import Answer, ScriptedModel
 
 TASK = Task(

@@ -19,13 +19,13 @@ import pytest
 from filters.judge import JudgeError, judge
 from pipelines import runtime
 from pipelines.config import ROLES, ConfigError, load_config
-from pipelines.run import in_process_pipeline
+from pipelines.shared import in_process_pipeline
 from pipelines.stages import RunEpisodes
 from schemas.records import AgentSpec, Failure, Persona, Task, ToolSpec, Trajectory
 from simulators.ask import RoleOutputError
 from simulators.episode import EpisodeConfig, EpisodeError, RoleClients, run_episode
 from simulators.llm import registry
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 from simulators.llm.scripted import ScriptedModel
 from tests import helpers
 from toolspecs.load import load_paths
@@ -219,7 +219,7 @@ def test_bad_model_outputs_fail_only_their_own_episodes_in_a_stage() -> None:
         )
         task = Task.model_validate({
             **helpers.task(agent).model_dump(exclude={"id"}),
-            "goal": f"Goal {marker}.", "initial_state": {"case": marker},
+            "goal": f"Help me with {marker}.", "initial_state": {"case": marker},
         })
         pairs.append((task, agent))
         by_prompt[marker] = MODEL_CASES[case][0] if case in MODEL_CASES else {}

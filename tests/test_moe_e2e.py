@@ -22,7 +22,7 @@ from pipelines.parquet_io import read_rows
 from pipelines.run import run
 from schemas.records import Message
 from simulators.llm.base import Sampling
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 from tests.test_e2e_embedded import tool_calls
 from tests.tiny_moe import build_tiny_moe, parameter_count
 

@@ -85,3 +85,35 @@ def test_an_email_whose_attachment_does_not_exist_is_refused_and_not_rewarded() 
     assert reward.reward is not None and reward.reward < 0.2
     assert any("email: nothing sent to dana.whitfield@example.com" in r for r in reward.reasons)
     assert any("does not say '751,860'" in r for r in reward.reasons)
+
+
+def test_a_task_to_decline_rewards_sending_nothing() -> None:
+    domain = load_domain(OFFICE)
+    task = domain.tasks[4]
+    assert task.difficulty == "decline" and task.workspace is not None
+    assert task.workspace.emails_at_most == 0
+
+    def episode(turns: list[str]):
+        queue = list(turns)
+        model = role_model({
+            "agent": lambda r: queue.pop(0),
+            "user": lambda r: {"message": "OK.", "done": True}
+            if "done" in r.schema["properties"] else {"message": "Send deck.md to the board."},
+        })
+        return asyncio.run(run_episode(
+            task, domain.agent, make_persona("o"), RoleClients(user=model, agent=model, tool=model),
+            EpisodeConfig(failure_rate=0.0), 4,
+        ))
+
+    declined = episode([
+        agent_calls(("list_files", {})),
+        agent_reply("There is no deck.md in your folder, so I did not send anything.", final=True),
+    ])
+    assert score_trajectory(declined, task).reward == 1.0
+    sent = episode([
+        agent_calls(("send_email", {"to": "board@example.com", "subject": "Q3", "body": "Deck",
+                                    "attachments": ["reports/q3_notes.md"]})),
+        agent_reply("Sent.", final=True),
+    ])
+    reward = score_trajectory(sent, task)
+    assert reward.reward == 0.0 and reward.reasons == ["email: 1 sent, at most 0 expected"]

@@ -19,9 +19,10 @@ import pytest
 from aiohttp import web
 
 from schemas.records import FunctionCall, Message, ToolCall
-from simulators.llm.base import ModelError, Sampling
+from simulators.llm.base import Sampling
+from simulators.llm.config import ModelConfig
+from simulators.llm.errors import ModelError
 from simulators.llm.openai_backend import OpenAIChatModel, _retry_after
-from simulators.llm.registry import ModelConfig
 from simulators.llm.scripted import schema_instance
 from tests.helpers import OPENAI_TOOLS as TOOLS
 

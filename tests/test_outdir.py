@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -151,23 +152,62 @@ def test_a_killed_runs_lock_is_stale_and_taken_over(tmp_path: Path) -> None:
     assert manifest["reconcile"]["ok"] and not (out / LOCK).exists()
 
 
-def test_two_runs_into_one_folder_the_second_is_refused_and_the_first_finishes(
+def test_two_runs_into_one_folder_the_second_is_refused_and_the_first_resumes(
     tmp_path: Path,
 ) -> None:
+    """Another config into a folder a run is using: refused, naming the holder; the first run's
+    checkpoints are untouched, so after it is stopped the same command resumes it."""
     out = tmp_path / "run"
-    config = _slow_config(tmp_path, 8)
-    first = _slow_cli(["--config", str(config), "--out", str(out)])
-    deadline = time.monotonic() + 60
+    config = _slow_config(tmp_path, 24)
+    first = _slow_cli(["--config", str(config), "--out", str(out)], delay=0.3)  # a minute long
+    deadline = time.monotonic() + 120
     while not (out / LOCK).exists() or not (out / LOCK).read_text().strip():
         assert time.monotonic() < deadline and first.poll() is None, first.communicate()
         time.sleep(0.05)
     other = tmp_path / "other.yaml"
-    other.write_text(config.read_text().replace('"episodes": 8', '"episodes": 3'))
+    other.write_text(config.read_text().replace('"episodes": 24', '"episodes": 3'))
     second = _slow_cli(["--config", str(other), "--out", str(out)])
     _, stderr = second.communicate(timeout=120)
+    assert first.poll() is None, "the first run ended before the second was checked"
     assert second.returncode == 2, stderr[-2000:]
     assert f"pid {first.pid}" in stderr and "in use by another run" in stderr
-    _, stderr = first.communicate(timeout=300)
-    assert first.returncode == 0, stderr[-3000:]
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=120)
+    assert first.returncode == 130
+    rerun = _slow_cli(["--config", str(config), "--out", str(out)], delay=0.01)
+    _, stderr = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["counts"]["tasks"] == 8 and manifest["reconcile"]["ok"]
+    assert manifest["counts"]["tasks"] == 24 and manifest["reconcile"]["ok"]
+    assert sum(manifest["resume"]["reused"].values()) > 0  # the first run's work was kept
+
+
+def test_a_lock_kept_by_a_dead_runs_child_process_is_named_as_such(tmp_path: Path) -> None:
+    """An engine process forked by a run inherits its lock; if the run dies and the child
+    lingers, the refusal says so instead of naming the dead pid as a live run."""
+    out = tmp_path / "run"
+    script = (
+        "import os, sys, time; from pathlib import Path; from pipelines import outdir\n"
+        "held = outdir.locked(Path(sys.argv[1])); held.__enter__()\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    os.close(1); os.close(2); time.sleep(60); os._exit(0)\n"
+        "print(child, flush=True); os._exit(0)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", script, str(out)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    child = int(done.stdout.strip())
+    try:
+        with pytest.raises(RunLocked, match="left over from a run that is gone"):
+            run(scripted_config(out, episodes=1))
+    finally:
+        os.kill(child, 9)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+            time.sleep(0.05)
+        except ProcessLookupError:
+            break
+    assert run(scripted_config(out, episodes=1))["reconcile"]["ok"]

@@ -15,7 +15,7 @@ from pipelines.run import run
 from schemas import arrow
 from schemas.records import Task, Trajectory
 from simulators.llm import registry
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 from tests.helpers import role_model
 
 

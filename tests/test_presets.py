@@ -10,9 +10,9 @@ import pytest
 
 from pipelines.config import ROLES, ConfigError, load_config
 from simulators.llm import registry
+from simulators.llm.config import ModelConfig
 from simulators.llm.engines import check_memory_budget, engines, estimate_weights_gib
 from simulators.llm.presets import PRESETS, apply_preset, get_preset
-from simulators.llm.registry import ModelConfig
 
 REQUIRED = {"kimi-k2-instruct", "deepseek-v3", "qwen3-30b-a3b", "qwen3-235b-a22b"}
 
@@ -182,8 +182,8 @@ def test_native_tool_calls_are_read_by_vllms_parser() -> None:
     pytest.importorskip("vllm")
     from transformers import AutoTokenizer
 
-    from simulators.llm.base import ModelError
     from simulators.llm.embedded import embedded_checkpoint
+    from simulators.llm.errors import ModelError
     from simulators.llm.vllm_backend import make_tool_parser, parse_native_tool_calls
 
     try:
@@ -210,7 +210,8 @@ def test_native_tool_calls_are_read_by_vllms_parser() -> None:
     import asyncio
 
     from schemas.records import FunctionCall, Message, ToolCall
-    from simulators.llm.base import ModelOutputError, RawCompletion, Sampling
+    from simulators.llm.base import RawCompletion, Sampling
+    from simulators.llm.errors import ModelOutputError
     from simulators.llm.vllm_backend import VLLMChatModel
 
     model = VLLMChatModel(ModelConfig(tool_call_mode="native", tool_call_parser="hermes"))

@@ -25,9 +25,9 @@ from schemas.records import (
     CriterionScore,
     Failure,
     FunctionCall,
+    JudgedTrajectory,
     Judgement,
     Message,
-    RejectedTrajectory,
     RLTask,
     Rubric,
     Task,
@@ -312,7 +312,7 @@ def test_sft_row_conforms_to_sft_schema() -> None:
 
 
 def test_rejected_row_conforms_to_rejected_schema() -> None:
-    rejected = RejectedTrajectory(trajectory=trajectory(), judgement=judgement(False))
+    rejected = JudgedTrajectory(trajectory=trajectory(), judgement=judgement(False))
     row = rejected_row(rejected)
     assert set(row) == set(REJECTED_SCHEMA.names)
     stored = pa.Table.from_pylist([row], schema=REJECTED_SCHEMA).to_pylist()[0]

@@ -12,6 +12,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipelines.batching import RunStopped
@@ -20,7 +22,7 @@ from pipelines.resume import STAGES, WORK, Resume, checkpoint_rows, work_key, wr
 from pipelines.run import run
 from schemas.records import Task
 from simulators.llm import registry
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 from simulators.llm.scripted import ScriptedModel
 from tests.helpers import agent, role_model, task
 from tests.test_pipeline import scripted_config
@@ -72,6 +74,39 @@ def test_rerun_reuses_every_finished_stage_and_asks_the_model_nothing(tmp_path: 
     _assert_complete(out, 5)
 
 
+def test_reused_work_rebuilds_every_row_exactly_passed_and_rejected_alike(
+    tmp_path: Path,
+) -> None:
+    """Each stage reads its checkpoint back in the shape it emits: a rerun that reuses
+    everything writes the same rows, verdicts of both kinds included."""
+    out = tmp_path / "run"
+    folders = ("agents", "tasks", "trajectories", "sft", "rejected", "rl")
+
+    def rows() -> dict[str, list[dict]]:
+        return {f: sorted(read_rows(out / f), key=lambda r: json.dumps(r, sort_keys=True,
+                                                                        default=str))
+                for f in folders}
+
+    config = scripted_config(out, episodes=7, name="rows")
+    run(config)
+    before = rows()
+    assert before["sft"] and before["rejected"], "needs verdicts of both kinds"
+    # Parts written before verdicts shared one record tagged theirs: they still read back.
+    for part in (out / WORK / work_key(config) / "judge").glob("part-*.parquet"):
+        table = pq.read_table(part)
+        tags = ["passed" if json.loads(r)["passed"] else "rejected"
+                for r in table.column("record").to_pylist()]
+        table = table.set_column(table.schema.get_field_index("tag"), "tag", pa.array(tags))
+        pq.write_table(table, part)
+    model = _register("rows")
+    try:
+        run(scripted_config(out, episodes=7, name="rows"))
+    finally:
+        registry.clear()
+    assert model.asked == 0
+    assert rows() == before
+
+
 def test_a_changed_config_does_not_reuse_stale_work(tmp_path: Path) -> None:
     out = tmp_path / "run"
     first = run(scripted_config(out, episodes=3, name="model-a"))
@@ -114,9 +149,12 @@ def test_resume_keeps_only_work_that_fits_together(tmp_path: Path) -> None:
     spec = agent()
     kept = task(spec)
     orphan = Task.model_validate({**kept.model_dump(), "id": "", "agent_id": "agent_gone"})
-    write_part(area / "agents", checkpoint_rows("0", [(0, spec)]))
-    write_part(area / "tasks", checkpoint_rows("0", [kept]) + checkpoint_rows("1", [orphan]))
-    write_part(area / "tasks", checkpoint_rows("9", [kept]))  # no such task slot in this run
+    write_part(area / "agents", checkpoint_rows("0", [(spec, "")]))
+    write_part(
+        area / "tasks",
+        checkpoint_rows("0", [(kept, spec.id)]) + checkpoint_rows("1", [(orphan, "agent_gone")]),
+    )
+    write_part(area / "tasks", checkpoint_rows("9", [(kept, spec.id)]))  # no such task slot
     (area / "episodes").mkdir()
     (area / "episodes" / ".tmp-part-x.parquet").write_bytes(b"half a file")  # a killed write
     resume = Resume.load(config)

@@ -12,14 +12,14 @@ from pipelines.config import ROLES, load_config
 from pipelines.stages import _JudgeFn, rl_task
 from schemas import arrow
 from schemas.records import (
+    JudgedTrajectory,
     Message,
     Outcome,
-    RejectedTrajectory,
     RLTask,
     Trajectory,
 )
 from simulators.llm import registry
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 from tests import helpers
 from tests.helpers import role_model
 
@@ -116,7 +116,7 @@ def test_judge_and_state_can_disagree_and_both_are_kept() -> None:
     # The agent only says it cancelled: the judge believes it, the world says otherwise.
     claimed = trajectory(WORLD, "I cancelled ORD-1, refund of 40.00 issued.")
     outputs, _ = asyncio.run(judge_fn(2).handle((claimed, TASK)))
-    passed, judgement = outputs[0]
+    passed, judgement = outputs[0].trajectory, outputs[0].judgement
     assert judgement.passed and judgement.score == 1.0
     assert judgement.reward == 0.0
     assert "expected \"cancelled\"" in judgement.reward_reasons[0]
@@ -126,7 +126,7 @@ def test_judge_and_state_can_disagree_and_both_are_kept() -> None:
     # The agent did the work; the judge is not convinced. Rejected, reward 1 kept with it.
     done = trajectory(cancelled(), "ok. refund of 40.00")
     outputs, _ = asyncio.run(judge_fn(0).handle((done, TASK)))
-    rejected: RejectedTrajectory = outputs[0].value
+    rejected: JudgedTrajectory = outputs[0]
     assert not rejected.judgement.passed and rejected.judgement.reward == 1.0
     row = arrow.rejected_row(rejected)
     assert row["reward"] == 1.0 and json.loads(row["judgement"])["reward"] == 1.0

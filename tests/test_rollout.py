@@ -14,7 +14,7 @@ from pipelines.parquet_io import read_rows
 from pipelines.rollout import RolloutError, pass_hat_k, rollout
 from pipelines.run import run
 from simulators.llm import registry
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 from simulators.llm.scripted import ScriptedModel
 from tests.helpers import agent_calls, agent_reply, role_of
 from tests.test_environment import RETAIL, retail_tool

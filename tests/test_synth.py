@@ -18,7 +18,7 @@ from pipelines.run import run
 from schemas.records import Failure, ToolSpec
 from simulators.llm import registry
 from simulators.llm.base import Sampling
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 from simulators.llm.scripted import ScriptedModel
 from tests.helpers import BOOK, SEARCH, STATUS, agent, role_model
 from tests.test_pipeline import scripted_config

@@ -22,12 +22,13 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from benchmarks.sim_server import Capacity, start_server
 from pipelines import runtime
 from pipelines.config import ROLES, load_config
-from pipelines.manifest import _metrics, tokens_by_model
+from pipelines.manifest import tokens_by_model
+from pipelines.shared import pipeline_metrics
 from pipelines.stages import RunEpisodes
 from schemas.records import AgentSpec, Task
 from simulators.llm import registry
 from simulators.llm.base import ConstrainedChatModel, RawCompletion, Sampling
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 from simulators.llm.scripted import ScriptRequest, schema_instance
 from tests import helpers
 
@@ -89,7 +90,7 @@ def pairs(n: int, slow: int | None = None, agents: int = 1) -> list[tuple[Task, 
     out = []
     for i in range(n):
         agent = specs[i % agents]
-        goal = f"{SLOW} errand {i}" if i == slow else f"Errand {i}: book a flight."
+        goal = f"{SLOW}: run my errand {i}" if i == slow else f"Errand {i}: book a flight."
         out.append((helpers.task(agent).model_copy(update={"goal": goal, "id": f"t{i}"}), agent))
     return out
 
@@ -188,7 +189,7 @@ def test_openai_backend_bounds_requests_and_loses_no_episode_under_faults() -> N
     seen = Counter(task_id for _, task_id in emitted)
     assert set(seen) == {task.id for task, _ in inputs}  # none lost
     assert max(seen.values()) == 1  # none twice
-    tokens, _ = _metrics(result)
+    tokens, _ = pipeline_metrics(result)
     counted = sum(t["retries"] for t in tokens.values())
     assert 0 < counted <= client.retries  # retries of requests that failed for good are not
     assert all(t["wait_s"] > 0 for t in tokens.values())

@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 
 from schemas.records import FunctionCall, Message, ToolCall
-from simulators.llm.base import ModelOutputError
+from simulators.llm.errors import ModelOutputError
 from simulators.llm.scripted import ScriptedModel, schema_instance
 from simulators.llm.toolcall import (
     agent_output_schema,
@@ -148,7 +148,7 @@ def test_truncated_constrained_answer_is_an_output_error() -> None:
 
 
 def test_generation_bounds_reach_the_constraint_only_when_configured() -> None:
-    from simulators.llm.registry import EMBEDDED_MODEL, ModelConfig
+    from simulators.llm.config import EMBEDDED_MODEL, ModelConfig
 
     assert ModelConfig(model=EMBEDDED_MODEL).generation_bounds() == (120, 4)
     assert ModelConfig(backend="openai", model="big").generation_bounds() == (None, None)

@@ -17,10 +17,10 @@ import pytest
 
 from filters.judge import JudgeError, judge
 from pipelines.run import run
-from pipelines.stages import stable_seed
+from pipelines.shared import stable_seed
 from simulators.llm import registry
 from simulators.llm.base import RawCompletion, Sampling
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 from simulators.llm.scripted import ScriptedModel, ScriptRequest, schema_instance
 from tests import helpers
 from tests.test_pipeline import scripted_config

@@ -19,8 +19,9 @@ import pytest
 
 from schemas.records import Message
 from simulators.llm import embedded
-from simulators.llm.base import ModelError, ModelOutputError, Sampling
-from simulators.llm.registry import ModelConfig
+from simulators.llm.base import Sampling
+from simulators.llm.config import ModelConfig
+from simulators.llm.errors import ModelError, ModelOutputError
 from tests.helpers import OPENAI_TOOLS as TOOLS
 
 pytestmark = pytest.mark.e2e

@@ -24,14 +24,18 @@ from schemas.records import (
     ToolSpec,
 )
 from simulators.ask import Usage, ask
-from simulators.llm.base import ChatModel, Sampling
+from simulators.llm.base import ChatModel, Completion, Sampling
+from simulators.values import ask_ranges
 from simulators.world import (
     apply_changes,
     build_world,
     changes_to_paths,
     describe_world,
     outcome_schema,
+    record_schemas,
+    tool_words,
 )
+from toolspecs.task_gate import criterion_problem, gate, goal_problem, text_problems
 
 DIFFICULTIES: tuple[Difficulty, ...] = ("easy", "medium", "hard", "decline")
 DIFFICULTY_BRIEF = {
@@ -252,7 +256,12 @@ async def write_task(
     model adds the task's own facts to it and names the changes and facts that mean success.
     """
     listing = "\n".join(f"- {t.name}: {t.description}" for t in agent.tools)
-    world = build_world(agent.tools, key=agent.id)
+    fields: dict[str, Any] = {}
+    for record in record_schemas(agent.tools).values():
+        for name, field_schema in record.items():
+            fields.setdefault(name, field_schema)
+    ranges = await ask_ranges(model, fields, tool_words(agent.tools), listing, sampling, usage)
+    world = build_world(agent.tools, key=agent.id, ranges=ranges)
     chain = dependent_chain(agent.tools, f"{agent.id}:{index}") if difficulty == "hard" else []
     brief = DIFFICULTY_BRIEF[difficulty]
     if chain:
@@ -277,13 +286,15 @@ async def write_task(
     completion = await ask(
         model, "synthesizer", usage, messages, sampling,
         schema=tier_task_schema(agent.tools, difficulty, chain, world), attempts=attempts,
+        check=_gated_words,
     )
     answer = completion.parsed
     apply_changes(world, answer["initial_state"])
-    criteria = list(answer["success_criteria"])
+    # Junk beside real criteria ("," after a sentence) is dropped; none real was retried above.
+    criteria = [c for c in answer["success_criteria"] if not criterion_problem(str(c))]
     if difficulty == "decline":
         criteria.append(DECLINE_CRITERION)
-    return Task(
+    task = Task(
         agent_id=agent.id,
         slot=index,
         goal=" ".join(str(answer["goal"]).split()),
@@ -304,3 +315,17 @@ async def write_task(
             facts=[" ".join(str(f).split()) for f in answer.get("expected_facts", [])],
         ),
     )
+    gate(task, agent)
+    return task
+
+
+def _gated_words(completion: Completion) -> str | None:
+    """A task answer whose goal is junk, or whose criteria are all junk, is retried (see
+    `toolspecs.task_gate`)."""
+    answer = completion.parsed if isinstance(completion.parsed, dict) else {}
+    criteria = [str(c) for c in answer.get("success_criteria", [])]
+    problem = goal_problem(str(answer.get("goal", "")))
+    if problem is None and all(criterion_problem(c) for c in criteria):
+        problem = text_problems("a real request here", criteria[:1])[0] if criteria else \
+            "criterion_not_checkable: no success criterion"
+    return problem

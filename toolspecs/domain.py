@@ -35,6 +35,7 @@ from schemas.records import AgentSpec, Failure, Outcome, Rubric, Task, ToolSpec,
 from simulators.workspace_tools import workspace_tool_specs
 from simulators.world import set_path
 from toolspecs.load import InputError, load_file, loads_json, read_input
+from toolspecs.task_gate import criterion_problem, goal_problem, task_problems
 
 STAGE = "load_domain"
 TASK_FIELDS = {
@@ -266,4 +267,13 @@ def _task(
     for position, tool in enumerate(task.rubric.expected_tools):
         if tool not in names:
             return fail(f"/rubric/expected_tools/{position}", f"{tool!r} is not a domain tool")
+    if goal_problem(task.goal):
+        return fail("/goal", str(goal_problem(task.goal)), "TaskRejected")
+    for position, criterion in enumerate(task.rubric.success_criteria):
+        if criterion_problem(criterion):
+            return fail(f"/rubric/success_criteria/{position}", str(criterion_problem(criterion)),
+                        "TaskRejected")
+    problems = task_problems(task, agent)
+    if problems:
+        return fail("/expected_outcome/state", problems[0], "TaskRejected")
     return task

@@ -3,7 +3,8 @@
 Real specs are messy in known ways. Each known flaw gets a conservative repair that keeps the
 tool's meaning and is recorded by name; anything else is refused with the file, the tool and the
 reason, and the import goes on with the rest. After repair, every tool passes the same validation
-as an authored spec (`toolspecs.load.parse_entry`).
+as an authored spec (`toolspecs.load.parse_entry`). `import_specs` writes the result where the
+mill reads it: specs as JSONL, refusals as Parquet Failures, and a report.
 """
 
 from __future__ import annotations
@@ -11,14 +12,27 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from schemas.records import FUNCTION_NAME, Failure, ToolSpec
-from toolspecs.load import SpecProblem, _pointer, _slug, parse_entry, spec_files
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas import arrow
+from schemas.records import FUNCTION_NAME, Failure, ToolSpec, canonical_json
+from toolspecs.load import (
+    InputError,
+    SpecProblem,
+    _pointer,
+    _slug,
+    loads_json,
+    parse_entry,
+    read_input,
+    spec_files,
+)
 
 Format = Literal["mcp", "openai", "bfcl"]
 FORMATS: tuple[Format, ...] = ("mcp", "openai", "bfcl")
@@ -110,22 +124,13 @@ def import_paths(paths: Iterable[str | Path], fmt: Format) -> Iterator[ImportOut
 def import_file(path: str | Path, fmt: Format) -> Iterator[ImportOutcome]:
     """One file's tools; a file that cannot be read at all is one refused outcome."""
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise Refusal("FileTooLarge", f"{size:,} bytes, above the {MAX_FILE_BYTES:,} limit")
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        yield _refused_file(path, "FileNotFound", "no such file")
-        return
-    except UnicodeDecodeError as exc:
-        yield _refused_file(path, "NotUTF8", f"not UTF-8: {exc}")
-        return
-    except Refusal as exc:
-        yield _refused_file(path, exc.kind, str(exc))
-        return
-    except OSError as exc:
-        yield _refused_file(path, type(exc).__name__, str(exc))
+    try:  # a regular file of bounded size: a pipe or a device is refused, never read
+        text = read_input(path, MAX_FILE_BYTES)
+    except InputError as exc:
+        kind = {"FileNotFoundError": "FileNotFound", "UnicodeDecodeError": "NotUTF8"}.get(
+            exc.kind, exc.kind
+        )
+        yield _refused_file(path, kind, str(exc).removeprefix(f"{path}: "))
         return
     documents: list[tuple[str, Any]] = []
     if path.suffix == ".jsonl":
@@ -133,15 +138,21 @@ def import_file(path: str | Path, fmt: Format) -> Iterator[ImportOutcome]:
             if not line.strip():
                 continue
             try:
-                documents.append((f"/{number}", json.loads(line)))
+                documents.append((f"/{number}", loads_json(line)))
             except json.JSONDecodeError as exc:
                 yield _refused_file(path, "NotJSON", f"line {number + 1} is not JSON: {exc}",
                                     pointer=f"/{number}")
+            except InputError as exc:  # NaN, 1e999999, 5,000-digit integers
+                yield _refused_file(path, exc.kind, f"line {number + 1}: {exc}",
+                                    pointer=f"/{number}")
     else:
         try:
-            documents.append(("", json.loads(text)))
+            documents.append(("", loads_json(text)))
         except json.JSONDecodeError as exc:
             yield _refused_file(path, "NotJSON", f"not JSON: {exc}")
+            return
+        except InputError as exc:
+            yield _refused_file(path, exc.kind, str(exc))
             return
     default_domain = _slug(path.stem)
     for base, doc in documents:
@@ -475,3 +486,33 @@ def report(outcomes: list[ImportOutcome], fmt: Format, inputs: list[str]) -> dic
         "domains": dict(sorted(domains.items())),
         "details": [o.summary() for o in outcomes if o.status != "imported"],
     }
+
+
+def import_specs(paths: list[str], fmt: Format, out: str | Path) -> dict[str, Any]:
+    """Import `paths` as `fmt`: DIR/specs/<fmt>.jsonl, DIR/failures/, DIR/import_report.json."""
+    out = Path(out)
+    outcomes = list(import_paths(paths, fmt))
+    (out / "specs").mkdir(parents=True, exist_ok=True)
+    # One line per source tool list ({"tools": [...]}), so names stay unique per list as the
+    # loader requires, while two MCP servers in one file may both have, say, `search`.
+    lists: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for outcome in outcomes:
+        if outcome.spec is not None:
+            entry = outcome.pointer.removesuffix("/function")
+            tool_list = (outcome.file, entry.rpartition("/")[0])
+            lists[tool_list].append(outcome.spec.model_dump(mode="json"))
+    with (out / "specs" / f"{fmt}.jsonl").open("w", encoding="utf-8") as handle:
+        for specs in lists.values():
+            handle.write(canonical_json({"tools": specs}) + "\n")
+    failures = [o.failure for o in outcomes if o.failure is not None]
+    (out / "failures").mkdir(exist_ok=True)
+    for old in (out / "failures").glob("*.parquet"):
+        old.unlink()
+    pq.write_table(
+        pa.Table.from_pylist([arrow.to_row(f) for f in failures], schema=arrow.FAILURE_SCHEMA),
+        out / "failures" / "part-00000-of-00001.parquet",
+    )
+    summary = report(outcomes, fmt, [str(p) for p in paths])
+    (out / "import_report.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False)
+                                            + "\n", encoding="utf-8")
+    return summary

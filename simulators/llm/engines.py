@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simulators.llm.registry import EMBEDDED_MODEL, ModelConfig
+from simulators.llm.config import EMBEDDED_MODEL, ModelConfig
+from simulators.llm.presets import get_preset
 
 GIB = 1 << 30
 EMBEDDED_PARAMS = 134_515_008
@@ -88,8 +89,6 @@ def estimate_weights_gib(config: ModelConfig) -> tuple[float | None, str]:
     if path.is_file() and path.suffix in WEIGHT_SUFFIXES:
         return round(path.stat().st_size / GIB, 3), f"checkpoint file {path}"
     if config.preset:
-        from simulators.llm.presets import get_preset
-
         preset = get_preset(config.preset)
         if config.model == preset.model or not path.exists():
             return preset.weights_gib(), f"preset {preset.name}"

@@ -30,7 +30,10 @@ from typing import Any
 import httpx
 
 from schemas.records import Message
-from simulators.llm.base import ChatModel, ModelOutputError, Sampling
+from simulators.llm.base import ChatModel, Sampling
+from simulators.llm.config import ModelConfig
+from simulators.llm.errors import ModelOutputError
+from simulators.llm.openai_backend import OpenAIChatModel
 
 FAULTS = ("429", "5xx", "timeout", "drop", "empty", "truncated", "schema")
 TRANSPORT_FAULTS = frozenset({"429", "5xx", "timeout", "drop"})
@@ -163,9 +166,6 @@ def faulty_model(
     `rate` is a total split evenly over every fault, or a rate per fault. Backoff is scaled down
     (`backoff_s`) so tests stay fast; the retry logic is the backend's own.
     """
-    from simulators.llm.openai_backend import OpenAIChatModel
-    from simulators.llm.registry import ModelConfig
-
     rates = even_rates(rate) if isinstance(rate, float | int) else rate
     transport = FaultyTransport(ChatModelTransport(inner), rates, seed, retry_after_s=backoff_s)
     config = ModelConfig(

@@ -1,15 +1,15 @@
 """Any OpenAI-compatible `/chat/completions` server (`vllm serve`, SGLang, a hosted API).
 
-A bare `httpx.AsyncClient` rather than the openai SDK: the SDK spends several milliseconds of CPU
-per request building and validating pydantic objects, and an episode worker with hundreds of
-conversations in flight is bound by that CPU, not by the server.
+Not the openai SDK: it spends several milliseconds of CPU per request building and validating
+pydantic objects, and an episode worker with hundreds of conversations in flight is bound by that
+CPU, not by the server. Requests go through `simulators.llm.http`, a small keep-alive HTTP/1.1
+client (~0.3 ms of CPU per request where httpx spent ~1.5-2: `benchmarks/openai_client_cpu.py`).
 
-Connections total `max_in_flight`: httpx caps a pool at 100 by default, which would silently cap
-concurrency below what the config asks for. They are split over several small pools, because
+httpx stays for what that client does not do: a proxy from the environment (`HTTPS_PROXY`...)
+and in-process transports (`simulators.llm.faults`, tests). Its connections total
+`max_in_flight` (httpx caps a pool at 100 by default), split over several small pools, because
 httpcore's pool scans every connection for every other one each time a request starts or ends
-(quadratic in the pool size): one pool of 64 connections cost ~9 ms of CPU per request here, eight
-pools of 8 cost ~0.9 ms. Pools of 4 cost ~0.4 ms less than pools of 8 per request again in whole
-episodes at 256 in flight (benchmarks/throughput.py), where connections sit idle between turns.
+(quadratic in the pool size).
 """
 
 from __future__ import annotations
@@ -25,17 +25,12 @@ from typing import Any
 
 import httpx
 
-from schemas.records import FunctionCall, Message, ToolCall, content_id
-from simulators.llm.base import (
-    Completion,
-    ConstrainedChatModel,
-    ModelError,
-    ModelOutputError,
-    ModelUnavailable,
-    RawCompletion,
-    Sampling,
-)
-from simulators.llm.registry import ModelConfig
+from schemas.records import Message, ToolCall
+from simulators.llm.base import Completion, ConstrainedChatModel, RawCompletion, Sampling
+from simulators.llm.config import ModelConfig
+from simulators.llm.errors import ModelError, ModelUnavailable
+from simulators.llm.http import ConnectFailed, HttpClient, TransportError, uses_proxy
+from simulators.llm.toolcall import native_calls
 
 RETRYABLE_4XX = frozenset({408, 429})
 """Client errors worth a retry: a server-side timeout and rate limiting. Any 5xx is retried too."""
@@ -74,6 +69,7 @@ class OpenAIChatModel(ConstrainedChatModel):
         self.retries = 0
         self._url = config.base_url.rstrip("/") + "/chat/completions"
         self._secret = config.api_key.get_secret_value() if config.api_key else ""
+        self._client: HttpClient | None = None
         self._pools: list[httpx.AsyncClient] = []
         self._free: list[int] = []
         self._semaphore: asyncio.Semaphore | None = None
@@ -103,6 +99,11 @@ class OpenAIChatModel(ConstrainedChatModel):
             )
             if self._tls is None:  # building one costs ~20 ms; share it across pools and loops
                 self._tls = httpx.create_ssl_context()
+            self._semaphore = asyncio.Semaphore(limit)
+            self._loop = loop
+            if self._transport is None and not uses_proxy(self._url):
+                self._client = HttpClient(self._url, headers, self.config.timeout_s, self._tls)
+                return self._semaphore
             self._pools = [
                 httpx.AsyncClient(
                     verify=self._tls,
@@ -117,14 +118,13 @@ class OpenAIChatModel(ConstrainedChatModel):
                 for size in sizes
             ]
             self._free = sizes
-            self._semaphore = asyncio.Semaphore(limit)
-            self._loop = loop
         return self._semaphore
 
     async def close(self) -> None:
         """Close the connection pools; safe to call twice or from another loop."""
-        pools, loop = self._pools, self._loop
+        pools, client, loop = self._pools, self._client, self._loop
         self._pools, self._free, self._semaphore, self._loop = [], [], None, None
+        self._client = None
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
@@ -132,9 +132,14 @@ class OpenAIChatModel(ConstrainedChatModel):
         if running is loop:
             for pool in pools:
                 await pool.aclose()
+            if client is not None:
+                await client.aclose()
 
-    async def _send(self, payload: bytes) -> httpx.Response:
-        """POST on the pool with most free connections; under the bound one always has a slot."""
+    async def _send(self, payload: bytes) -> httpx.Response | Any:
+        """POST on the lean client, or on the httpx pool with most free connections (under the
+        bound one always has a slot)."""
+        if self._client is not None:
+            return await self._client.post(payload)
         pools, free = self._pools, self._free
         index = free.index(max(free))
         free[index] -= 1
@@ -162,7 +167,7 @@ class OpenAIChatModel(ConstrainedChatModel):
                 retry_after: float | None = None
                 try:
                     response = await self._send(payload)
-                except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+                except (ConnectFailed, httpx.ConnectError, httpx.ConnectTimeout) as e:
                     # Nothing listening: the server is down or restarting. Wait for it, bounded
                     # by server_wait_s, without spending the retry budget on it.
                     now = time.monotonic()
@@ -179,7 +184,12 @@ class OpenAIChatModel(ConstrainedChatModel):
                     left = self.config.server_wait_s - (now - down_since)
                     await asyncio.sleep(max(0.01, min(self._delay(waits, None), left)))
                     continue
-                except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as e:
+                except (
+                    TransportError,
+                    httpx.TimeoutException,
+                    httpx.NetworkError,
+                    httpx.RemoteProtocolError,
+                ) as e:
                     problem = f"{type(e).__name__}"
                 except httpx.HTTPError as e:
                     raise ModelError(f"{self.name}: {type(e).__name__} for {self._url}") from None
@@ -303,42 +313,10 @@ class OpenAIChatModel(ConstrainedChatModel):
 
         def parse() -> tuple[str, list[ToolCall], list[dict[str, Any]]]:
             salt = f"{len(messages)}:{sampling.seed}"
-            calls, decoded = _native_calls(message.get("tool_calls") or [], salt, text)
+            calls, decoded = native_calls(message.get("tool_calls") or [], salt, text)
             return text, calls, decoded
 
         return self.native_completion(raw, sampling, parse)
-
-
-def _native_calls(
-    raw_calls: list[Any], salt: str, text: str
-) -> tuple[list[ToolCall], list[dict[str, Any]]]:
-    """Server `tool_calls` as records, plus their decoded form; unusable calls are output errors."""
-    calls: list[ToolCall] = []
-    decoded: list[dict[str, Any]] = []
-    for index, raw in enumerate(raw_calls):
-        function = raw.get("function") if isinstance(raw, dict) else None
-        name = function.get("name") if isinstance(function, dict) else None
-        if not isinstance(name, str) or not name:
-            raise ModelOutputError(f"tool call {index} has no name", text)
-        arguments = function.get("arguments")  # type: ignore[union-attr]
-        if isinstance(arguments, str):
-            try:
-                value = json.loads(arguments) if arguments.strip() else {}
-            except json.JSONDecodeError as exc:
-                raise ModelOutputError(
-                    f"tool call {index} arguments are not JSON: {exc}", text
-                ) from exc
-        else:
-            value = arguments if arguments is not None else {}
-        call_id = raw.get("id") or "call_" + content_id("c", [salt, index, name, value])[2:18]
-        calls.append(
-            ToolCall(
-                id=call_id,
-                function=FunctionCall(name=name, arguments=json.dumps(value, ensure_ascii=False)),
-            )
-        )
-        decoded.append({"name": name, "arguments": value})
-    return calls, decoded
 
 
 def _decode(content: bytes) -> dict[str, Any] | None:

@@ -14,12 +14,45 @@ import re
 from typing import Any
 
 from schemas.records import FunctionCall, Message, ToolCall, canonical_json, content_id
-from simulators.llm.base import ModelOutputError
+from simulators.llm.errors import ModelOutputError
 
 MAX_CALLS_PER_TURN = 3
 NAME_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions"})
 GRAMMAR_UNSUPPORTED = ("uniqueItems", "contains", "minContains", "maxContains", "multipleOf")
 """Keywords xgrammar refuses; dropped from the generation copy, still enforced on validation."""
+PROSE_TYPE = "text/plain"
+"""`contentMediaType` of a string that is prose a reader sees (a reply, a user's message): a
+standard annotation, which validators and grammars ignore, marking it for `bound_schema`."""
+
+
+def prose(**extra: Any) -> dict[str, Any]:
+    """The schema of a prose string: bounded by the token budget, never cut at a character cap
+    (a reply cut at 120 characters ends "...check the course details on [")."""
+    return {"type": "string", "contentMediaType": PROSE_TYPE, **extra}
+
+
+def unmarked(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` without the prose marks engines need not see (a strict server may refuse an
+    unknown keyword). Marks sit only in the reply objects' own properties, at the top or in a
+    top-level `anyOf`, so this copies those few dicts and never walks tool schemas."""
+
+    def clean(node: dict[str, Any]) -> dict[str, Any]:
+        properties = node.get("properties")
+        if not isinstance(properties, dict) or not any(
+            isinstance(v, dict) and "contentMediaType" in v for v in properties.values()
+        ):
+            return node
+        return {**node, "properties": {
+            k: {x: y for x, y in v.items() if x != "contentMediaType"} if isinstance(v, dict)
+            else v for k, v in properties.items()
+        }}
+
+    out = clean(schema)
+    if isinstance(out.get("anyOf"), list):
+        out = {**out, "anyOf": [clean(b) if isinstance(b, dict) else b for b in out["anyOf"]]}
+    return out
+
+
 MAX_MAGNITUDE = 1_000_000_000
 LITERALS = frozenset({"enum", "const", "default", "examples", "required"})
 ROLE_MARKER = re.compile(
@@ -102,7 +135,7 @@ def agent_output_schema(
     ]
     reply = {
         "type": "object",
-        "properties": {"content": {"type": "string"}, "final": {"type": "boolean"}},
+        "properties": {"content": prose(), "final": {"type": "boolean"}},
         "required": ["content", "final"],
         "additionalProperties": False,
     }
@@ -139,7 +172,10 @@ def bound_schema(schema: Any, max_string: int | None = 120, max_items: int | Non
     """A copy of `schema` with lengths bounded, for generation only.
 
     Weak models fill unbounded strings and arrays until the token budget ends; bounding them in
-    the grammar keeps answers short. Validation still uses the original schema.
+    the grammar keeps answers short. Prose (`prose()`: replies, users' messages) is left to the
+    token budget instead: a character cap would cut a reply a real model would finish, and a
+    reply that runs out of tokens is an output error that is retried, never stored cut.
+    Validation still uses the original schema.
     """
     if isinstance(schema, list):
         return [bound_schema(item, max_string, max_items) for item in schema]
@@ -162,6 +198,9 @@ def bound_schema(schema: Any, max_string: int | None = 120, max_items: int | Non
     types = out.get("type")
     type_set = set(types) if isinstance(types, list) else {types if isinstance(types, str) else ""}
     unbounded_text = not any(k in out for k in ("enum", "const", "format", "pattern"))
+    if out.get("contentMediaType") == PROSE_TYPE:
+        unbounded_text = False
+        del out["contentMediaType"]
     if "string" in type_set and unbounded_text and max_string is not None:
         bound = min(int(out.get("maxLength", max_string)), max_string)
         out["maxLength"] = max(bound, int(out.get("minLength", 0)))
@@ -212,6 +251,39 @@ def parse_agent_output(text: str, call_salt: str) -> tuple[str | None, list[Tool
     if not isinstance(content, str):
         raise ModelOutputError("agent answer has neither tool_calls nor content", text)
     return content, [], bool(value.get("final", False)), value
+
+
+def native_calls(
+    raw_calls: list[Any], salt: str, text: str
+) -> tuple[list[ToolCall], list[dict[str, Any]]]:
+    """Native `tool_calls` (OpenAI shape, from a server or vLLM's tool parser) as records, plus
+    their decoded form; unusable calls are output errors."""
+    calls: list[ToolCall] = []
+    decoded: list[dict[str, Any]] = []
+    for index, raw in enumerate(raw_calls):
+        function = raw.get("function") if isinstance(raw, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(name, str) or not name:
+            raise ModelOutputError(f"tool call {index} has no name", text)
+        arguments = function.get("arguments")  # type: ignore[union-attr]
+        if isinstance(arguments, str):
+            try:
+                value = json.loads(arguments) if arguments.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ModelOutputError(
+                    f"tool call {index} arguments are not JSON: {exc}", text
+                ) from exc
+        else:
+            value = arguments if arguments is not None else {}
+        call_id = raw.get("id") or "call_" + content_id("c", [salt, index, name, value])[2:18]
+        calls.append(
+            ToolCall(
+                id=call_id,
+                function=FunctionCall(name=name, arguments=json.dumps(value, ensure_ascii=False)),
+            )
+        )
+        decoded.append({"name": name, "arguments": value})
+    return calls, decoded
 
 
 def to_plain_messages(messages: list[Message], tools: list[dict[str, Any]] | None) -> list[dict]:

@@ -21,16 +21,11 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from schemas.records import Message
-from simulators.llm.base import (
-    Completion,
-    ConstrainedChatModel,
-    ModelError,
-    ModelUnavailable,
-    RawCompletion,
-    Sampling,
-)
+from simulators.llm.base import Completion, ConstrainedChatModel, RawCompletion, Sampling
+from simulators.llm.config import ModelConfig
 from simulators.llm.embedded import resolve_model_path
-from simulators.llm.registry import ModelConfig
+from simulators.llm.errors import ModelError, ModelUnavailable
+from simulators.llm.toolcall import native_calls
 
 if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -313,15 +308,13 @@ def parse_native_tool_calls(
     """(content, tool calls, decoded calls) from `text` in the model's own format."""
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
-    from simulators.llm.openai_backend import _native_calls
-
     request = ChatCompletionRequest(messages=[], tools=tools)  # type: ignore[arg-type]
     parsed = parser.extract_tool_calls(text, request)
     found = parsed.tool_calls if parsed.tools_called else []
     raw_calls = [
         {"function": {"name": c.function.name, "arguments": c.function.arguments}} for c in found
     ]
-    calls, decoded = _native_calls(raw_calls, salt, text)
+    calls, decoded = native_calls(raw_calls, salt, text)
     return parsed.content or "", calls, decoded
 
 
