@@ -19,7 +19,7 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -36,15 +36,13 @@ from schemas.records import (
     Trajectory,
 )
 from simulators.ask import RoleOutputError, Usage
+from simulators.episode_config import EpisodeConfig
 from simulators.llm.base import ChatModel, Sampling
 from simulators.llm.errors import ModelError
 from simulators.persona import make_persona
 from simulators.tool_simulator import ToolSimulator, api_error
 from simulators.user_simulator import UserSimulator
 from simulators.workspace_tools import answerer, close_answerer, finish_answerer
-
-if TYPE_CHECKING:  # the episode module builds on this one
-    from simulators.episode import EpisodeConfig
 
 
 class EpisodeError(RuntimeError):
