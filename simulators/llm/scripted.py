@@ -6,6 +6,7 @@ whole path except the model. Never a default.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections import deque
@@ -52,11 +53,26 @@ class ScriptedModel(ConstrainedChatModel):
         self.name = name
         self._responder = script if callable(script) else None
         self._queue = list(script) if script is not None and not callable(script) else None
-        self._rng = random.Random(seed)
+        self._seed = seed
         self.requests: deque[ScriptRequest] = deque(maxlen=keep)
         """What it was asked, oldest first; only the last `keep` when `keep` is set, so a long
         scripted run does not hold every prompt it ever saw."""
         self.asked = 0
+
+    def _request_rng(self, request: ScriptRequest) -> random.Random:
+        """A generator seeded by the request itself (its seed, turns and schema), so the same
+        request always gets the same answer, whatever order concurrent episodes ask in: a run
+        of scripted models is reproducible, as one of a real model at fixed seeds would be."""
+        digest = hashlib.blake2b(digest_size=8)
+        digest.update(f"{self._seed}:{request.sampling.seed}:".encode())
+        for message in request.messages:
+            digest.update(str(message.get("role")).encode())
+            digest.update(b"\x00")
+            digest.update(str(message.get("content") or "").encode())
+            digest.update(b"\x01")
+        if request.schema is not None:
+            digest.update(json.dumps(request.schema, sort_keys=True).encode())
+        return random.Random(digest.digest())
 
     async def generate(
         self, messages: list[dict[str, str]], schema: dict[str, Any] | None, sampling: Sampling
@@ -71,8 +87,7 @@ class ScriptedModel(ConstrainedChatModel):
                 raise RuntimeError(f"{self.name}: script exhausted after {self.asked}")
             answer = self._queue.pop(0)
         else:
-            rng = random.Random(f"{sampling.seed}:{len(messages)}:{self._rng.random()}")
-            answer = schema_instance(schema or {"type": "string"}, rng)
+            answer = schema_instance(schema or {"type": "string"}, self._request_rng(request))
         text = answer if isinstance(answer, str) else json.dumps(answer)
         prompt_tokens = sum(len(m["content"]) for m in messages) // 4 + 1
         return RawCompletion(
