@@ -59,6 +59,7 @@ def test_one_episode_with_a_moe_in_every_role(moe: Path, tmp_path: Path) -> None
             f"models.{role}.kv_cache_gib": 0.5,
             # Random weights never stop a free string on their own.
             f"models.{role}.max_string_chars": 48,
+            f"models.{role}.max_prose_chars": 96,
             f"models.{role}.max_array_items": 3,
         }
     manifest = run(load_config(None, overrides))
@@ -93,7 +94,8 @@ def test_eight_constrained_tool_calls_are_schema_valid(moe: Path) -> None:
     model = VLLMChatModel(
         ModelConfig(
             model=str(moe), max_model_len=2048, max_num_seqs=8, kv_cache_gib=0.25,
-            max_string_chars=48, max_array_items=3, disable_any_whitespace=True,
+            max_string_chars=48, max_prose_chars=96, max_array_items=3,
+            disable_any_whitespace=True,
         )
     )
     parameters = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}

@@ -46,7 +46,8 @@ def test_rollout_with_the_tiny_moe_as_policy(tmp_path: Path) -> None:
     scripted = {"backend": "scripted", "model": "roles"}
     policy = {
         "backend": "vllm", "model": str(moe), "max_model_len": 4096, "max_num_seqs": 8,
-        "kv_cache_gib": 0.5, "max_string_chars": 48, "max_array_items": 3,
+        "kv_cache_gib": 0.5, "max_string_chars": 48, "max_prose_chars": 96,
+        "max_array_items": 3,
     }
     config = {"models": {"user": scripted, "tool": scripted, "agent": policy},
               "episode": {"max_turns": 2, "max_tool_rounds": 2}}

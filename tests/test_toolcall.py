@@ -16,6 +16,7 @@ from simulators.llm.toolcall import (
     agent_output_schema,
     bound_schema,
     parse_agent_output,
+    prose,
     render_tools,
     to_plain_messages,
 )
@@ -162,3 +163,12 @@ def test_generation_bounds_reach_the_constraint_only_when_configured() -> None:
     bounded.bound_strings = 10
     asyncio.run(bounded.complete([Message(role="user", content="x")], response_schema=schema))
     assert bounded.requests[0].schema["properties"]["text"]["maxLength"] == 10
+
+
+def test_prose_is_capped_only_when_asked() -> None:
+    schema = {"type": "object", "properties": {"content": prose(), "tag": {"type": "string"}}}
+    free = bound_schema(schema, max_string=20, max_items=3)
+    assert "maxLength" not in free["properties"]["content"]
+    assert free["properties"]["tag"]["maxLength"] == 20
+    capped = bound_schema(schema, max_string=20, max_items=3, max_prose=96)
+    assert capped["properties"]["content"] == {"type": "string", "maxLength": 96}

@@ -87,7 +87,8 @@ class ConstrainedChatModel(ChatModel):
 
     bound_strings: int | None = None
     bound_items: int | None = None
-    """Generation-only limits on strings and arrays; see `toolcall.bound_schema`."""
+    bound_prose: int | None = None
+    """Generation-only limits on strings, arrays and prose; see `toolcall.bound_schema`."""
     native_tools: bool = False
     """Offered tools go to the model's own tool-call format (`tool_call_mode: native`) through
     `complete_native`, instead of constrained JSON."""
@@ -150,8 +151,10 @@ class ConstrainedChatModel(ChatModel):
             schema = toolcall.agent_output_schema(tools)
         else:
             schema = response_schema
-        if schema is not None and (self.bound_strings or self.bound_items):
-            schema = toolcall.bound_schema(schema, self.bound_strings, self.bound_items)
+        if schema is not None and (self.bound_strings or self.bound_items or self.bound_prose):
+            schema = toolcall.bound_schema(
+                schema, self.bound_strings, self.bound_items, self.bound_prose
+            )
         elif schema is not None:
             schema = toolcall.unmarked(schema)
         raw = await self.generate(plain, schema, sampling)

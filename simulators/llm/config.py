@@ -126,6 +126,12 @@ class ModelConfig(BaseModel):
     max_array_items: int | None = Field(
         default=None, description="Cap on arrays in constrained output; unset: 4 / no cap."
     )
+    max_prose_chars: int | None = Field(
+        default=None, ge=1,
+        description="Cap on prose (replies, users' messages) in constrained output. Unset: none, "
+        "prose is left to the token budget so no reply a real model would finish is cut. Only "
+        "for models that never stop a string on their own (random-weight test models).",
+    )
 
     @model_validator(mode="before")
     @classmethod

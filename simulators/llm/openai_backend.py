@@ -60,6 +60,7 @@ class OpenAIChatModel(ConstrainedChatModel):
         """`transport` replaces the network (tests and `simulators.llm.faults` use it)."""
         self.name = config.display_name()
         self.bound_strings, self.bound_items = config.generation_bounds()
+        self.bound_prose = config.max_prose_chars
         self.config = config
         self.native_tools = config.tool_call_mode == "native"
         self.backoff_base_s = backoff_base_s

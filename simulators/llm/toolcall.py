@@ -168,28 +168,36 @@ def _arguments_schema(parameters: dict[str, Any] | None) -> dict[str, Any]:
     return schema
 
 
-def bound_schema(schema: Any, max_string: int | None = 120, max_items: int | None = 4) -> Any:
+def bound_schema(
+    schema: Any,
+    max_string: int | None = 120,
+    max_items: int | None = 4,
+    max_prose: int | None = None,
+) -> Any:
     """A copy of `schema` with lengths bounded, for generation only.
 
     Weak models fill unbounded strings and arrays until the token budget ends; bounding them in
     the grammar keeps answers short. Prose (`prose()`: replies, users' messages) is left to the
     token budget instead: a character cap would cut a reply a real model would finish, and a
     reply that runs out of tokens is an output error that is retried, never stored cut.
-    Validation still uses the original schema.
+    `max_prose` caps prose too, for models that never stop on their own. Validation still uses
+    the original schema.
     """
     if isinstance(schema, list):
-        return [bound_schema(item, max_string, max_items) for item in schema]
+        return [bound_schema(item, max_string, max_items, max_prose) for item in schema]
     if not isinstance(schema, dict):
         return schema
     out: dict[str, Any] = {}
     for key, value in schema.items():
         if key in NAME_MAPS and isinstance(value, dict):
             # Maps names to schemas: recurse into values, never treat names as keywords.
-            out[key] = {n: bound_schema(sub, max_string, max_items) for n, sub in value.items()}
+            out[key] = {
+                n: bound_schema(sub, max_string, max_items, max_prose) for n, sub in value.items()
+            }
         elif key in LITERALS:
             out[key] = copy.deepcopy(value)
         else:
-            out[key] = bound_schema(value, max_string, max_items)
+            out[key] = bound_schema(value, max_string, max_items, max_prose)
     for keyword in GRAMMAR_UNSUPPORTED:
         out.pop(keyword, None)
     if "pattern" in out or "format" in out:
@@ -199,8 +207,11 @@ def bound_schema(schema: Any, max_string: int | None = 120, max_items: int | Non
     type_set = set(types) if isinstance(types, list) else {types if isinstance(types, str) else ""}
     unbounded_text = not any(k in out for k in ("enum", "const", "format", "pattern"))
     if out.get("contentMediaType") == PROSE_TYPE:
-        unbounded_text = False
         del out["contentMediaType"]
+        if max_prose is not None and "string" in type_set:
+            out["maxLength"] = max(min(int(out.get("maxLength", max_prose)), max_prose),
+                                   int(out.get("minLength", 0)))
+        unbounded_text = False
     if "string" in type_set and unbounded_text and max_string is not None:
         bound = min(int(out.get("maxLength", max_string)), max_string)
         out["maxLength"] = max(bound, int(out.get("minLength", 0)))

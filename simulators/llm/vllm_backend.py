@@ -52,6 +52,7 @@ class VLLMChatModel(ConstrainedChatModel):
         self.name = config.display_name()
         self.native_tools = config.tool_call_mode == "native"
         self.bound_strings, self.bound_items = config.generation_bounds()
+        self.bound_prose = config.max_prose_chars
         self._engine: AsyncLLM | None = None
         self._tokenizer: Any = None
         self._tool_parser: Any = None
