@@ -2,9 +2,10 @@
 
 The checkpoint is a tiny random-weight Qwen3-MoE built at test time (tests/tiny_moe.py): vLLM
 loads it through its MoE code path (fused experts, router) in ~25 s. Random weights say nothing
-useful, so this checks the machinery: one shared engine plays user, agent, tool simulator,
-judge and synthesizer; constrained output (xgrammar, no free whitespace) keeps every tool call
-schema-valid; the manifest names the MoE model for each role and the one engine they share.
+useful, so this checks the machinery: one shared engine serves user, agent, tool simulator,
+judge and synthesizer (the episode plays a domain task: random weights' own tasks fail the
+gate); constrained output (xgrammar, no free whitespace) keeps every tool call schema-valid;
+the manifest names the MoE model for each role and the one engine they share.
 """
 
 from __future__ import annotations
@@ -43,11 +44,13 @@ def moe(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_one_episode_with_a_moe_in_every_role(moe: Path, tmp_path: Path) -> None:
+    # The retail domain's hand-written task: random weights write goals the task gate rightly
+    # refuses (toolspecs/task_gate.py), so a written task would never reach an episode.
     out = tmp_path / "run"
     overrides: dict[str, object] = {
         "out": str(out),
         "episodes": 1,
-        "tasks_per_agent": 1,
+        "domain": str(Path(__file__).resolve().parents[1] / "data" / "domains" / "retail"),
         "seed": 3,
         "models.memory_budget_gib": 1.0,
     }
