@@ -185,7 +185,7 @@ def serve_env_instant_benchmark(args: argparse.Namespace, work: Path) -> None:
     from pipelines.envs import RunEnvironments
     from pipelines.serve_env import EnvServer
     from simulators.llm import registry
-    from simulators.llm.registry import ModelConfig
+    from simulators.llm.config import ModelConfig
     from simulators.llm.scripted import ScriptedModel
 
     registry.register(ModelConfig(backend="scripted", model="instant"),

@@ -500,6 +500,3 @@ class JudgedTrajectory(BaseModel):
     def id(self) -> str:
         return self.trajectory.id
 
-
-RejectedTrajectory = JudgedTrajectory
-"""The name rejected/ rows had before passed ones shared the record."""

@@ -28,7 +28,8 @@ from typing import Any
 
 from schemas.records import Message, content_id
 from simulators.ask import Usage, ask
-from simulators.llm.base import ChatModel, ModelOutputError, Sampling
+from simulators.llm.base import ChatModel, Sampling
+from simulators.llm.errors import ModelOutputError
 
 WORDS = re.compile(r"[a-z]+")
 

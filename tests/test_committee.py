@@ -16,7 +16,7 @@ from pipelines.run import run
 from pipelines.stats import run_stats
 from schemas.records import Message, Rubric, Task, Trajectory
 from simulators.llm import registry
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 from simulators.llm.scripted import ScriptedModel, ScriptRequest
 from tests import helpers
 from tests.test_pipeline import scripted_config

@@ -22,7 +22,7 @@ from pipelines.parquet_io import read_rows
 from pipelines.stages import rl_task
 from schemas.arrow import RL_SCHEMA, to_row
 from simulators.llm import registry
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 from simulators.llm.scripted import ScriptedModel
 from tests.test_environment import RETAIL
 from tests.test_rollout import roles_answer

@@ -13,7 +13,7 @@ from pipelines.envs import RunEnvironments
 from pipelines.serve_env import EnvServer
 from pipelines.stages import rl_task
 from simulators.llm import registry
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 from simulators.llm.scripted import ScriptedModel
 from tests.test_environment import RETAIL, call
 from tests.test_rollout import roles_answer

@@ -16,7 +16,7 @@ from pipelines.run import run
 from schemas.records import Message, Outcome, Rubric, Task, Trajectory
 from simulators.llm import registry
 from simulators.llm.base import Sampling
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 from simulators.llm.scripted import ScriptedModel, ScriptRequest, schema_instance
 from simulators.llm.toolcall import agent_output_schema, bound_schema
 from tests import helpers

@@ -20,7 +20,7 @@ from pipelines.stages import rl_task
 from pipelines.verl_env import compute_score, live_rollouts
 from schemas.arrow import RL_SCHEMA, to_row
 from simulators.llm import registry
-from simulators.llm.registry import ModelConfig
+from simulators.llm.config import ModelConfig
 from simulators.llm.scripted import ScriptedModel
 from tests.test_environment import RETAIL
 from tests.test_rollout import roles_answer
