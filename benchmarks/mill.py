@@ -239,7 +239,7 @@ def main() -> None:
     parser.add_argument("--token-ms", type=float, default=20.0)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--in-flight", type=int, help="the run's in_flight (default: its own)")
-    parser.add_argument("--cpu-episodes", type=int, default=600)
+    parser.add_argument("--cpu-episodes", type=int, default=1500)
     parser.add_argument("--cpu-answer-ms", type=float, default=50.0)
     parser.add_argument("--profile", action="store_true", help="record the whole run with py-spy")
     parser.add_argument("--keep-profile", help="copy the profile here")
