@@ -101,16 +101,6 @@ def run(
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
-    if cfg.domain:
-        from simulators.sandbox import SandboxUnavailable, require_sandbox
-        from toolspecs.domain import DomainError, load_domain
-
-        try:
-            if any(task.workspace is not None for task in load_domain(cfg.domain).tasks):
-                require_sandbox()  # tasks with files run code: refuse, never run it unconfined
-        except (DomainError, SandboxUnavailable) as exc:
-            err.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from exc
     beam_args = [a for a in ctx.args if a != "--"]
     # A job on remote workers may reach servers this machine cannot: check names, not sockets.
     remote_runner = any(a.startswith("--runner") and "direct" not in a.lower() for a in beam_args)
