@@ -124,9 +124,12 @@ def serve_env_command(
     if not (run_dir / "rl").is_dir():
         err.print(f"[red]error:[/red] {escape(str(run_dir / 'rl'))}: no such folder")
         raise typer.Exit(2)
+    from simulators.sandbox import SandboxUnavailable
+
     try:
         envs = RunEnvironments.open(run_dir, config)
-    except ConfigError as exc:
+        envs.require_sandbox()  # tasks with files: a sandbox at start, not a 502 per session
+    except (ConfigError, SandboxUnavailable) as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
     for failure in envs.failures:
