@@ -41,7 +41,11 @@ def run(
         typer.Option("--tool-specs", help="Spec files or folders (default: the seed library)."),
     ] = None,
     backend: Annotated[
-        str | None, typer.Option(help="Backend for every role: vllm or openai.")
+        str | None,
+        typer.Option(
+            help="Backend for every role: vllm (in process), vllm-server (one vLLM server per "
+            "machine, shared by its worker processes) or openai."
+        ),
     ] = None,
     model: Annotated[
         str | None, typer.Option(help="Model for every role (path or served name).")
@@ -562,7 +566,7 @@ def synth_command(
     tools_per_domain: Annotated[
         int, typer.Option(help="Grow ceil(target / this) new domains.")
     ] = 25,
-    backend: Annotated[str | None, typer.Option(help="vllm or openai.")] = None,
+    backend: Annotated[str | None, typer.Option(help="vllm, vllm-server or openai.")] = None,
     model: Annotated[str | None, typer.Option(help="Synthesizer model.")] = None,
     base_url: Annotated[str | None, typer.Option(help="Endpoint for the openai backend.")] = None,
 ) -> None:

@@ -35,7 +35,8 @@ def rollout_command(
     out: Annotated[Path, typer.Option(help="Folder for rollouts/, failures/, manifest.json.")],
     k: Annotated[int, typer.Option("--k", help="Rollouts per task (pass^1 .. pass^k).")] = 1,
     backend: Annotated[
-        str | None, typer.Option(help="Policy backend: vllm or openai (default: the run's agent).")
+        str | None,
+        typer.Option(help="Policy backend: vllm, vllm-server or openai (default: the run's agent)"),
     ] = None,
     model: Annotated[str | None, typer.Option(help="Policy model (path or served name).")] = None,
     base_url: Annotated[
