@@ -121,6 +121,17 @@ class RunEnvironments:
         tasks, failures = load_rl_tasks(run_dir)
         return cls(config, {t.task_id: t for t in tasks}, failures)
 
+    def require_sandbox(self) -> None:
+        """Raise SandboxUnavailable (saying why) when tasks bring files and no sandbox can be
+        made here: checked once at start, so no episode fails for it and none runs unconfined."""
+        from pipelines.preflight import sandbox_problem
+        from simulators.sandbox import SandboxUnavailable
+
+        needing = sum(t.workspace is not None for t in self.tasks.values())
+        problem = sandbox_problem(needing, len(self.tasks))
+        if problem:
+            raise SandboxUnavailable(problem)
+
     def task(self, task_id: str) -> tuple[Task, AgentSpec]:
         """`task_id`'s Task and AgentSpec, parsed once (KeyError if the run has no such task);
         enough to score a trajectory without building the role models."""
