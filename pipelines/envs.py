@@ -22,8 +22,8 @@ from pipelines.config import ROLES, ConfigError, RunConfig
 from pipelines.parquet_io import read_rows
 from pipelines.runtime import model
 from schemas.arrow import from_row
-from schemas.records import Failure, RLTask
-from simulators.environment import Environment, task_from_rl
+from schemas.records import AgentSpec, Failure, RLTask, Task
+from simulators.environment import Environment, Scorer, task_from_rl
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -132,11 +132,20 @@ class RunEnvironments:
         if problem:
             raise SandboxUnavailable(problem)
 
-    def make(self, task_id: str) -> Environment:
-        """A fresh environment for `task_id` (KeyError if the run has no such task)."""
+    def task(self, task_id: str) -> tuple[Task, AgentSpec]:
+        """`task_id`'s Task and AgentSpec, parsed once (KeyError if the run has no such task);
+        enough to score a trajectory without building the role models."""
         if task_id not in self._parsed:  # parse a row's task and tools once, not per episode
             self._parsed[task_id] = task_from_rl(self.tasks[task_id])
-        task, agent = self._parsed[task_id]
+        return self._parsed[task_id]
+
+    def scorer(self) -> Scorer:
+        """The run's reward (outcome + process, weights from its config)."""
+        return episode_scorer(self.config.reward)
+
+    def make(self, task_id: str) -> Environment:
+        """A fresh environment for `task_id` (KeyError if the run has no such task)."""
+        task, agent = self.task(task_id)
         cfg = self.config
         return Environment(
             task,
