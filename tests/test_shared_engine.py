@@ -290,3 +290,18 @@ def test_many_requests_at_once_attach_once(tmp_path: Path) -> None:
     pids = running(config)
     close(model)
     wait_until(lambda: stopped(config, pids))
+
+
+def test_a_folder_shared_across_pid_namespaces_is_refused(tmp_path: Path) -> None:
+    """Another container's pids mean nothing here: its live server would look dead."""
+    config = fake_config(tmp_path)
+    folder = engine_folder(config)
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text(json.dumps({
+        "supervisor": 1, "supervisor_id": "1", "port": 1, "url": "x", "status": "ready",
+        "error": None, "pidns": "pid:[1]",
+    }))
+    model = SharedVLLMChatModel(config)
+    with pytest.raises(ModelError, match="another pid namespace"):
+        ask(model, "hello")
+    assert starts(folder) == 0
