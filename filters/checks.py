@@ -18,7 +18,8 @@ Failure codes:
   every call has exactly one `tool` answer, in the block of tool messages right after the
   assistant message that made it (the order OpenAI-format chat templates require).
 - `empty_turn`: an assistant message with neither content (whitespace counts as none) nor calls.
-- `repeated_call`: the same tool with the same arguments called `repeat_threshold` times or more.
+- `repeated_call`: the same tool with the same arguments called `repeat_threshold` times or more,
+  retries after a transient failure not counted (see `repeated_calls`).
 - `turn_limit`: more user turns than `max_turns`.
 - `no_final_answer`: the conversation does not end with an assistant message with content.
 - `bad_opening`: the conversation does not start with a system then a user message.
@@ -37,6 +38,14 @@ Failure codes:
 
 `leaked_withheld` and `invented_fact` need the task (`run_checks(..., task=task)`) and are
 skipped without it.
+
+The checks on calls are computed from *finders*: functions `(trajectory, context) ->
+list[CallFinding]` that return the offending calls (`unknown_tool_calls`,
+`invalid_argument_calls`, `repeated_calls`, `calls_beyond_chain`, `decline_write_calls`,
+`abandoned_fault_calls`). The process reward (`filters.reward`) counts the same findings, so a
+check and its reward part cannot disagree about a call. `PROCESS_CHECKS` turns the last three
+(which need the task) into opt-in checks: `run_checks(..., checks=[*CHECKS, *PROCESS_CHECKS],
+task=task)`; their codes are `extra_calls`, `decline_writes`, `gave_up_after_fault`.
 """
 
 from __future__ import annotations
@@ -114,52 +123,70 @@ def _calls(trajectory: Trajectory) -> Iterable[tuple[int, ToolCall]]:
                 yield index, call
 
 
-tool_calls = _calls
-"""Public name of `_calls`, for the process reward (`filters.reward`), which shares these checks."""
-
-
 def _short(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def tools_known(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
-    """Every call names an offered tool."""
+@dataclass(frozen=True)
+class CallFinding:
+    """One call a rule objects to, and why. A check reports findings (after its threshold, if
+    it has one) and the process reward counts them, so the two share every decision."""
+
+    call: ToolCall
+    detail: str
+
+
+Finder = Callable[[Trajectory, CheckContext], list[CallFinding]]
+
+
+def unknown_tool_calls(trajectory: Trajectory, ctx: CheckContext) -> list[CallFinding]:
+    """Calls that name a tool that was not offered."""
     return [
-        f"unknown_tool: {call.id} names {call.function.name!r}, not offered"
+        CallFinding(call, f"{call.id} names {call.function.name!r}, not offered")
         for _, call in _calls(trajectory)
         if call.function.name not in ctx.tools
     ]
 
 
-def arguments_valid(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
-    """Every call's arguments are a JSON object valid against its tool's parameter schema."""
-    failures = []
+def invalid_argument_calls(trajectory: Trajectory, ctx: CheckContext) -> list[CallFinding]:
+    """Calls to offered tools whose arguments are not a JSON object valid against the tool's
+    parameter schema (a tool whose own schema is broken makes every call to it invalid)."""
+    found = []
     for _, call in _calls(trajectory):
         name = call.function.name
         if name not in ctx.tools:
-            continue  # reported by tools_known
+            continue  # an unknown tool, not an invalid argument
         try:
             arguments = json.loads(call.function.arguments)
         except json.JSONDecodeError as exc:
-            failures.append(f"invalid_arguments: {call.id} arguments are not JSON ({exc.msg})")
+            found.append(CallFinding(call, f"{call.id} arguments are not JSON ({exc.msg})"))
             continue
         if not isinstance(arguments, dict):
-            failures.append(f"invalid_arguments: {call.id} arguments are not a JSON object")
+            found.append(CallFinding(call, f"{call.id} arguments are not a JSON object"))
             continue
         validator = ctx.validator(name)
         if isinstance(validator, SchemaError):
-            failures.append(
-                f"invalid_arguments: {call.id} tool {name!r} has an invalid schema "
-                f"({_short(validator.message)})"
-            )
+            found.append(CallFinding(
+                call, f"{call.id} tool {name!r} has an invalid schema "
+                f"({_short(validator.message)})",
+            ))
             continue
         error = best_match(validator.iter_errors(arguments))
         if error is not None:
-            failures.append(
-                f"invalid_arguments: {call.id} to {name!r} at '{error.json_path}': "
-                f"{_short(error.message)}"
-            )
-    return failures
+            found.append(CallFinding(
+                call, f"{call.id} to {name!r} at '{error.json_path}': {_short(error.message)}"
+            ))
+    return found
+
+
+def tools_known(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
+    """Every call names an offered tool."""
+    return [f"unknown_tool: {f.detail}" for f in unknown_tool_calls(trajectory, ctx)]
+
+
+def arguments_valid(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
+    """Every call's arguments are a JSON object valid against its tool's parameter schema."""
+    return [f"invalid_arguments: {f.detail}" for f in invalid_argument_calls(trajectory, ctx)]
 
 
 def calls_answered(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
@@ -223,14 +250,125 @@ def call_key(call: ToolCall) -> tuple[str, str]:
     return call.function.name, arguments
 
 
+RETRYABLE_ERROR_CODES = frozenset({429, 503, 504})
+"""Error codes that invite the same call again (rate limited, unavailable, timed out): a retry
+after one of them is recovery, not repetition."""
+
+
+def _error_code(content: str | None) -> int | None:
+    """The `code` of an API error body (`{"error": {"code": ...}}`), or None."""
+    try:
+        body = json.loads(content or "")
+    except (json.JSONDecodeError, TypeError):
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, int) else None
+
+
+def repeated_calls(trajectory: Trajectory, ctx: CheckContext) -> list[CallFinding]:
+    """Calls identical (`call_key`) to an earlier call whose answer was the world's: not an
+    injected failure and not a retryable error (`RETRYABLE_ERROR_CODES`). The world gives one
+    story, so such a call can only bring back what the agent already has."""
+    answers = _answers(trajectory)
+    injected = {fault.tool_call_id for fault in trajectory.injected_faults}
+    settled: dict[tuple[str, str], str] = {}  # key -> id of the first call the world answered
+    found = []
+    for _, call in _calls(trajectory):
+        key = call_key(call)
+        if key in settled:
+            found.append(CallFinding(
+                call, f"{call.id} repeats {call.function.name} with the same arguments as "
+                f"{settled[key]}, which was already answered",
+            ))
+        elif call.id not in injected and (
+            _error_code(answers.get(call.id)) not in RETRYABLE_ERROR_CODES
+        ):
+            settled[key] = call.id
+    return found
+
+
 def no_call_loops(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
-    """No tool is called with the same arguments `repeat_threshold` times: the agent is stuck."""
-    counts: Counter[tuple[str, str]] = Counter(call_key(c) for _, c in _calls(trajectory))
+    """No tool is called with the same arguments `repeat_threshold` times (retries after a
+    transient failure aside, as `repeated_calls` rules): the agent is stuck."""
+    repeats: Counter[tuple[str, str]] = Counter(
+        call_key(f.call) for f in repeated_calls(trajectory, ctx)
+    )
     return [
-        f"repeated_call: {name!r} called {count} times with {_short(arguments)}"
-        for (name, arguments), count in counts.items()
-        if count >= ctx.repeat_threshold
+        f"repeated_call: {name!r} called {count + 1} times with {_short(arguments)}"
+        for (name, arguments), count in repeats.items()
+        if count + 1 >= ctx.repeat_threshold
     ]
+
+
+TRANSIENT_FAULTS = ("rate_limited", "timeout")
+"""Injected failures an agent should retry (`abandoned_fault_calls`)."""
+
+
+def calls_beyond_chain(trajectory: Trajectory, ctx: CheckContext) -> list[CallFinding]:
+    """Calls to offered tools beyond the task's expected chain (`rubric.expected_tools`),
+    calls that hit an injected failure not counted; nothing for a task that names no expected
+    tools or is to be declined (its writes are `decline_write_calls`)."""
+    task = ctx.task
+    if task is None or not task.rubric.expected_tools or task.difficulty == "decline":
+        return []
+    injected = {fault.tool_call_id for fault in trajectory.injected_faults}
+    counted = [
+        call for _, call in _calls(trajectory)
+        if call.function.name in ctx.tools and call.id not in injected
+    ]
+    expected = len(task.rubric.expected_tools)
+    return [
+        CallFinding(call, f"{call.id} ({call.function.name}) is call {expected + n + 1}, "
+                    f"the task expects {expected}")
+        for n, call in enumerate(counted[expected:])
+    ]
+
+
+def decline_write_calls(trajectory: Trajectory, ctx: CheckContext) -> list[CallFinding]:
+    """Calls to write tools in a task the agent should decline."""
+    if ctx.task is None or ctx.task.difficulty != "decline":
+        return []
+    return [
+        CallFinding(call, f"{call.id} calls the write tool {call.function.name} in a task "
+                    "to decline")
+        for _, call in _calls(trajectory)
+        if call.function.name in ctx.tools
+        and ctx.tools[call.function.name].side_effect == "write"
+    ]
+
+
+def abandoned_fault_calls(trajectory: Trajectory, ctx: CheckContext) -> list[CallFinding]:
+    """Calls that hit an injected transient failure (`TRANSIENT_FAULTS`) whose tool was never
+    called again: the agent gave up where a retry would have worked."""
+    faults = {fault.tool_call_id: fault for fault in trajectory.injected_faults}
+    made = [call for _, call in _calls(trajectory)]
+    found = []
+    for index, call in enumerate(made):
+        fault = faults.get(call.id)
+        if fault is None or fault.kind not in TRANSIENT_FAULTS:
+            continue
+        if not any(later.function.name == call.function.name for later in made[index + 1:]):
+            found.append(CallFinding(
+                call, f"{call.id} to {call.function.name} hit an injected {fault.kind} and "
+                "was never retried",
+            ))
+    return found
+
+
+def within_expected_chain(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
+    """No call beyond the task's expected chain (opt-in: `PROCESS_CHECKS`)."""
+    return [f"extra_calls: {f.detail}" for f in calls_beyond_chain(trajectory, ctx)]
+
+
+def no_decline_writes(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
+    """No write in a task to decline (opt-in: `PROCESS_CHECKS`)."""
+    return [f"decline_writes: {f.detail}" for f in decline_write_calls(trajectory, ctx)]
+
+
+def transient_faults_retried(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
+    """Every injected transient failure is retried (opt-in: `PROCESS_CHECKS`)."""
+    return [f"gave_up_after_fault: {f.detail}" for f in abandoned_fault_calls(trajectory, ctx)]
 
 
 def within_turn_limit(trajectory: Trajectory, ctx: CheckContext) -> list[str]:
@@ -437,6 +575,10 @@ CHECKS: list[Check] = [
     no_truncated_replies,
 ]
 """The checks `run_checks` runs by default, in order; append to add one."""
+
+PROCESS_CHECKS: list[Check] = [within_expected_chain, no_decline_writes, transient_faults_retried]
+"""Checks on how the agent worked that need the task; the process reward counts the same
+findings. Not run by default: a rubric judge weighs them in the mill."""
 
 
 def offered_tools(trajectory: Trajectory) -> dict[str, ToolSpec]:

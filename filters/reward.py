@@ -21,14 +21,14 @@ overrides the other.
 Rollouts (`simulators.environment`) add a process reward, as Kimi K2 rewarded "the efficiency
 and logic of its process": repeated calls, schema-invalid arguments, unknown tools, calls beyond
 the expected chain, writes in a task to decline, giving up after a transient failure. Each part
-is named in the result and weighted by `RewardConfig`; the first two are found by the same
-deterministic checks that keep bad trajectories out of SFT data.
+is named in the result and weighted by `RewardConfig`; every part counts the calls a finder in
+`filters.checks` returns, the same finder the deterministic check with that rule reports from
+(`repeated_call`, `invalid_arguments`, `unknown_tool`, and the opt-in `PROCESS_CHECKS`).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,7 +36,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from filters.checks import CheckContext, arguments_valid, call_key, tool_calls, tools_known
+from filters import checks
+from filters.checks import CallFinding, CheckContext, Finder
 from schemas.records import (
     Judgement,
     Outcome,
@@ -213,7 +214,6 @@ PROCESS_PARTS = (
     "decline_writes",
     "gave_up_after_fault",
 )
-TRANSIENT_FAULTS = ("rate_limited", "timeout")
 
 
 class RewardConfig(BaseModel):
@@ -229,7 +229,8 @@ class RewardConfig(BaseModel):
     process_share: float = Field(default=0.2, ge=0.0, le=1.0)
     repeated_calls: float = Field(
         default=0.25, ge=0.0,
-        description="Per call identical to an earlier call that was answered without an error.",
+        description="Per call identical to an earlier call the world answered (not an injected "
+        "failure, not a retryable 429/503/504 error): `filters.checks.repeated_calls`.",
     )
     invalid_arguments: float = Field(
         default=0.25, ge=0.0, description="Per call whose arguments break the tool's schema."
@@ -261,68 +262,33 @@ class ProcessScore:
     reasons: list[str]
 
 
-def _is_error(content: str | None) -> bool:
-    try:
-        body = json.loads(content or "")
-    except json.JSONDecodeError:
-        return False
-    return isinstance(body, dict) and "error" in body
+PROCESS_FINDERS: dict[str, Finder] = {
+    "repeated_calls": checks.repeated_calls,
+    "invalid_arguments": checks.invalid_argument_calls,
+    "unknown_tools": checks.unknown_tool_calls,
+    "extra_calls": checks.calls_beyond_chain,
+    "decline_writes": checks.decline_write_calls,
+    "gave_up_after_fault": checks.abandoned_fault_calls,
+}
+"""Each process part's finder in `filters.checks`: the check with the same rule reports the
+same calls (`repeated_call` after its threshold), so the two cannot drift apart."""
+
+
+def process_findings(
+    trajectory: Trajectory, task: Task, tools: Mapping[str, ToolSpec]
+) -> dict[str, list[CallFinding]]:
+    """The calls behind each process part, found by the deterministic checks' own finders."""
+    ctx = CheckContext(tools=tools, max_turns=len(trajectory.messages) + 1, task=task)
+    return {part: PROCESS_FINDERS[part](trajectory, ctx) for part in PROCESS_PARTS}
 
 
 def process_counts(
     trajectory: Trajectory, task: Task, tools: Mapping[str, ToolSpec]
 ) -> tuple[dict[str, int], list[str]]:
-    """How often the agent did each thing `PROCESS_PARTS` names, and one reason per finding.
-
-    Unknown tools and invalid arguments are counted by the deterministic checks themselves
-    (`filters.checks`), so a trajectory the checks reject loses process points for the same
-    findings."""
-    ctx = CheckContext(tools=tools, max_turns=len(trajectory.messages) + 1, task=task)
-    unknown = tools_known(trajectory, ctx)
-    invalid = arguments_valid(trajectory, ctx)
-    answers = {m.tool_call_id: m.content for m in trajectory.messages if m.role == "tool"}
-    faulted = {f.tool_call_id: f for f in trajectory.injected_faults}
-    calls = [call for _, call in tool_calls(trajectory)]
-    reasons = [*unknown, *invalid]
-    succeeded: set[tuple[str, str]] = set()
-    repeated = 0
-    for call in calls:
-        key = call_key(call)
-        if key in succeeded:
-            repeated += 1
-            reasons.append(f"repeated_calls: {call.id} repeats {call.function.name} "
-                           "with the same arguments after it succeeded")
-        if call.id not in faulted and not _is_error(answers.get(call.id)):
-            succeeded.add(key)
-    known = [c for c in calls if c.function.name in tools]
-    extra = 0
-    if task.rubric.expected_tools and task.difficulty != "decline":
-        counted = [c for c in known if c.id not in faulted]
-        extra = max(0, len(counted) - len(task.rubric.expected_tools))
-        if extra:
-            reasons.append(f"extra_calls: {len(counted)} calls, the task expects "
-                           f"{len(task.rubric.expected_tools)}")
-    writes = 0
-    if task.difficulty == "decline":
-        writes = sum(1 for c in known if tools[c.function.name].side_effect == "write")
-        if writes:
-            reasons.append(f"decline_writes: {writes} write calls in a task to decline")
-    gave_up = 0
-    for index, call in enumerate(calls):
-        fault = faulted.get(call.id)
-        if fault is not None and fault.kind in TRANSIENT_FAULTS:
-            if not any(later.function.name == call.function.name for later in calls[index + 1:]):
-                gave_up += 1
-                reasons.append(f"gave_up_after_fault: {call.id} to {call.function.name} hit an "
-                               f"injected {fault.kind} and was never retried")
-    counts = {
-        "repeated_calls": repeated,
-        "invalid_arguments": len(invalid),
-        "unknown_tools": len(unknown),
-        "extra_calls": extra,
-        "decline_writes": writes,
-        "gave_up_after_fault": gave_up,
-    }
+    """How often the agent did each thing `PROCESS_PARTS` names, and one reason per finding."""
+    findings = process_findings(trajectory, task, tools)
+    counts = {part: len(found) for part, found in findings.items()}
+    reasons = [f"{part}: {f.detail}" for part, found in findings.items() for f in found]
     return counts, reasons
 
 

@@ -41,7 +41,11 @@ def run(
         typer.Option("--tool-specs", help="Spec files or folders (default: the seed library)."),
     ] = None,
     backend: Annotated[
-        str | None, typer.Option(help="Backend for every role: vllm or openai.")
+        str | None,
+        typer.Option(
+            help="Backend for every role: vllm (in process), vllm-server (one vLLM server per "
+            "machine, shared by its worker processes) or openai."
+        ),
     ] = None,
     model: Annotated[
         str | None, typer.Option(help="Model for every role (path or served name).")
@@ -101,16 +105,6 @@ def run(
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
-    if cfg.domain:
-        from simulators.sandbox import SandboxUnavailable, require_sandbox
-        from toolspecs.domain import DomainError, load_domain
-
-        try:
-            if any(task.workspace is not None for task in load_domain(cfg.domain).tasks):
-                require_sandbox()  # tasks with files run code: refuse, never run it unconfined
-        except (DomainError, SandboxUnavailable) as exc:
-            err.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from exc
     beam_args = [a for a in ctx.args if a != "--"]
     # A job on remote workers may reach servers this machine cannot: check names, not sockets.
     remote_runner = any(a.startswith("--runner") and "direct" not in a.lower() for a in beam_args)
@@ -572,7 +566,7 @@ def synth_command(
     tools_per_domain: Annotated[
         int, typer.Option(help="Grow ceil(target / this) new domains.")
     ] = 25,
-    backend: Annotated[str | None, typer.Option(help="vllm or openai.")] = None,
+    backend: Annotated[str | None, typer.Option(help="vllm, vllm-server or openai.")] = None,
     model: Annotated[str | None, typer.Option(help="Synthesizer model.")] = None,
     base_url: Annotated[str | None, typer.Option(help="Endpoint for the openai backend.")] = None,
 ) -> None:
@@ -602,6 +596,79 @@ def synth_command(
     if not summary["reconcile"]["ok"]:
         err.print(f"[red]counts do not reconcile:[/red] {summary['reconcile']}")
         raise typer.Exit(1)
+
+
+@app.command("code-tasks")
+def code_tasks_command(
+    out: Annotated[str, typer.Option(help="Domain folder to write (for run --domain).")],
+    count: Annotated[int, typer.Option(help="Drafts to ask the synthesizer for.")],
+    seed: Annotated[int, typer.Option(help="Seed of the drafts' sampling.")] = 0,
+    backend: Annotated[str | None, typer.Option(help="vllm or openai.")] = None,
+    model: Annotated[str | None, typer.Option(help="Synthesizer model.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="Endpoint for the openai backend.")] = None,
+    in_flight: Annotated[int, typer.Option(help="Drafts in flight at once.")] = 16,
+    force: Annotated[
+        bool, typer.Option("--force", help="Use a non-empty folder that is not an agentmill "
+                           "folder (only code-tasks' own entries are replaced).")
+    ] = False,
+) -> None:
+    """Generate coding tasks (problem, reference, tests) kept only when the reference passes
+    its tests in the sandbox and an empty stub fails them; writes a domain folder."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    from pydantic import ValidationError
+
+    from pipelines.code_tasks import CodeTasksConfig, CodeTasksError, generate
+    from pipelines.preflight import probe_server
+    from simulators.llm.config import EMBEDDED_MODEL, ModelConfig
+
+    fields: dict[str, Any] = {"backend": backend, "model": model, "base_url": base_url}
+    api_key = os.environ.get("AGENTMILL_API_KEY") or os.environ.get("OPENAI_API_KEY")
+    if backend == "openai" and api_key:
+        fields["api_key"] = api_key
+    try:
+        synthesizer = ModelConfig.model_validate({k: v for k, v in fields.items() if v is not None})
+        config = CodeTasksConfig(out=out, count=count, seed=seed, synthesizer=synthesizer,
+                                 in_flight=in_flight)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        err.print(f"[red]error:[/red] {escape(problems)}", soft_wrap=True)
+        raise typer.Exit(2) from exc
+    if synthesizer.backend == "openai":
+        problem = (
+            f"backend openai with the embedded default model name {EMBEDDED_MODEL!r}; name "
+            "the served model with --model" if synthesizer.model == EMBEDDED_MODEL
+            else probe_server(synthesizer)
+        )
+        if problem:
+            err.print(f"[red]error:[/red] synthesizer: {escape(problem)}", soft_wrap=True)
+            raise typer.Exit(2)
+    try:
+        manifest = generate(config, force)
+    except CodeTasksError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from exc
+    finally:
+        from pipelines.runtime import close_models
+
+        close_models()
+    counts = manifest["counts"]
+    rules = ", ".join(f"{n} {rule}" for rule, n in manifest["rejected_by_rule"].items())
+    kinds = ", ".join(f"{n} {kind}" for kind, n in manifest["failures_by_type"].items())
+    err.print(
+        f"{counts['asked']} drafts: {counts['kept']} kept, {counts['rejected']} rejected"
+        + (f" ({rules})" if rules else "") + f", {counts['failures']} failures"
+        + (f" ({kinds})" if kinds else "") + f" -> {escape(out)}",
+        highlight=False, soft_wrap=True,
+    )
+    if not manifest["reconcile"]["ok"]:
+        err.print(f"[red]counts do not reconcile:[/red] {manifest['reconcile']}")
+        raise typer.Exit(1)
+    if counts["failures"] == counts["asked"]:
+        err.print("[red]failed:[/red] no draft got a usable answer from the model "
+                  f"(reasons in {escape(out)}/failures/); rerun to try them again")
+        raise typer.Exit(1)
+    if counts["kept"]:
+        err.print(f"play them: agentmill run --domain {escape(out)} --out RUN_DIR", highlight=False)
 
 
 def _register_rl_commands() -> None:

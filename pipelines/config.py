@@ -18,7 +18,7 @@ from filters.reward import RewardConfig
 from schemas.records import canonical_json
 from simulators.episode import EpisodeConfig
 from simulators.llm.base import Sampling
-from simulators.llm.config import ModelConfig
+from simulators.llm.config import HOW_NOT_WHAT_FIELDS, ModelConfig
 
 ROLES = ("user", "agent", "tool", "judge", "synthesizer")
 MAX_EPISODES = 10_000_000
@@ -155,12 +155,16 @@ class RunConfig(BaseModel):
     def fingerprint(self) -> str:
         body = self.model_dump(mode="json", exclude={"out", "control", "reward"})
         for role in ROLES:
-            for field in ("api_key", "server_wait_s", "engine_restarts"):  # how, not what
+            for field in HOW_NOT_WHAT_FIELDS:
                 body["models"][role].pop(field, None)
+            if body["models"][role].get("server_command") is None:  # fingerprints from before it
+                body["models"][role].pop("server_command", None)
         committee = body["judge"]
         for member in committee["models"]:
-            for field in ("api_key", "server_wait_s", "engine_restarts"):
+            for field in HOW_NOT_WHAT_FIELDS:
                 member.pop(field, None)
+            if member.get("server_command") is None:
+                member.pop("server_command", None)
         if not committee["models"] and committee["voting"] == "majority":
             del committee["models"], committee["voting"]  # fingerprints from before committees
         return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]

@@ -22,8 +22,8 @@ from pipelines.config import ROLES, ConfigError, RunConfig
 from pipelines.parquet_io import read_rows
 from pipelines.runtime import model
 from schemas.arrow import from_row
-from schemas.records import Failure, RLTask
-from simulators.environment import Environment, task_from_rl
+from schemas.records import AgentSpec, Failure, RLTask, Task
+from simulators.environment import Environment, Scorer, task_from_rl
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -121,11 +121,31 @@ class RunEnvironments:
         tasks, failures = load_rl_tasks(run_dir)
         return cls(config, {t.task_id: t for t in tasks}, failures)
 
-    def make(self, task_id: str) -> Environment:
-        """A fresh environment for `task_id` (KeyError if the run has no such task)."""
+    def require_sandbox(self) -> None:
+        """Raise SandboxUnavailable (saying why) when tasks bring files and no sandbox can be
+        made here: checked once at start, so no episode fails for it and none runs unconfined."""
+        from pipelines.preflight import sandbox_problem
+        from simulators.sandbox import SandboxUnavailable
+
+        needing = sum(t.workspace is not None for t in self.tasks.values())
+        problem = sandbox_problem(needing, len(self.tasks))
+        if problem:
+            raise SandboxUnavailable(problem)
+
+    def task(self, task_id: str) -> tuple[Task, AgentSpec]:
+        """`task_id`'s Task and AgentSpec, parsed once (KeyError if the run has no such task);
+        enough to score a trajectory without building the role models."""
         if task_id not in self._parsed:  # parse a row's task and tools once, not per episode
             self._parsed[task_id] = task_from_rl(self.tasks[task_id])
-        task, agent = self._parsed[task_id]
+        return self._parsed[task_id]
+
+    def scorer(self) -> Scorer:
+        """The run's reward (outcome + process, weights from its config)."""
+        return episode_scorer(self.config.reward)
+
+    def make(self, task_id: str) -> Environment:
+        """A fresh environment for `task_id` (KeyError if the run has no such task)."""
+        task, agent = self.task(task_id)
         cfg = self.config
         return Environment(
             task,

@@ -11,7 +11,9 @@ Each format is a pure function from one of our rows to one of theirs:
 - `hermes`: NousResearch's Hermes function-calling form: one `conversations` list whose system
   turn lists the tools in `<tools>`, with `<tool_call>` and `<tool_response>` blocks.
 - `verl`: RL prompts with `data_source`, `prompt`, `ability`, `reward_model` (the rubric as
-  ground truth) and `extra_info` (tools, rubric, initial world state, the user simulator's brief).
+  ground truth) and `extra_info` (tools, rubric, initial world state, the user simulator's brief
+  in `interaction_kwargs`, and `tools_kwargs`: per tool the `create_kwargs` that bind verl's
+  tool calls to the row's task and seed), plus verl's tool and interaction config files.
 
 Splits are deterministic by id: ids are ranked by a hash and the first round(F * N) go to
 `validation`, so a row's split never depends on file order or on the machine. Shards are balanced
@@ -292,6 +294,7 @@ VERL_SCHEMA = pa.schema(
                                 ("goal", pa.string()),
                                 ("user_knows", pa.list_(pa.string())),
                                 ("user_withholds", pa.list_(pa.string())),
+                                ("seed", pa.int64()),
                             ]
                         ),
                     ),
@@ -300,6 +303,33 @@ VERL_SCHEMA = pa.schema(
         ),
     ]
 )
+VERL_CREATE_KWARGS = pa.struct(
+    [("run_dir", pa.string()), ("task_id", pa.string()), ("seed", pa.int64())]
+)
+VERL_INTERACTION_CLASS = "pipelines.verl_env.AgentmillInteraction"
+VERL_TOOL_CLASS = "pipelines.verl_env.AgentmillTool"
+VERL_INTERACTION_NAME = "agentmill_user"
+
+
+def verl_schema(tool_names: list[str]) -> pa.Schema:
+    """`VERL_SCHEMA` with `extra_info.tools_kwargs`: one field per tool of the global list,
+    each `{create_kwargs: {run_dir, task_id, seed}}` (a struct, which `datasets` reads as the
+    dict verl's loop looks tools up in)."""
+    tools_kwargs = pa.struct(
+        [(name, pa.struct([("create_kwargs", VERL_CREATE_KWARGS)])) for name in tool_names]
+    )
+    extra = VERL_SCHEMA.field("extra_info").type
+    fields = [extra.field(i) for i in range(extra.num_fields)]
+    fields.append(pa.field("tools_kwargs", tools_kwargs))
+    return VERL_SCHEMA.set(
+        VERL_SCHEMA.get_field_index("extra_info"), pa.field("extra_info", pa.struct(fields))
+    )
+
+
+def verl_seed(row_id: str) -> int:
+    """A row's episode seed (faults, persona), stable across exports: every sample verl draws
+    for the row plays the same world."""
+    return int(hashlib.sha256(row_id.encode()).hexdigest()[:8], 16) % (2**31)
 
 
 def verl_row(row: dict[str, Any], task: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -333,7 +363,8 @@ def verl_row(row: dict[str, Any], task: dict[str, Any] | None = None) -> dict[st
             "expected_outcome": row.get("expected_outcome"),
             "tool_specs": row["tool_specs"],
             "interaction_kwargs": {
-                "name": "agentmill_user",
+                "name": VERL_INTERACTION_NAME,
+                "seed": verl_seed(row["id"]),
                 "task_id": row["task_id"],
                 "goal": row["goal"],
                 "user_knows": list(row.get("user_knows") or task.get("user_knows") or []),
@@ -508,6 +539,11 @@ def export(
     for record in records:
         by_split["validation" if row_id(record) in validation else "train"].append(record)
 
+    schema = spec.schema
+    if fmt == "verl":
+        tool_names = _bind_verl_tools(records, run_dir)
+        schema = verl_schema(tool_names)
+
     data, jsonl_data = out / DATA_FOLDER, out / JSONL_FOLDER
     for owned in (data, jsonl_data, out / "export.json", out / "README.md", out / "verl"):
         storage.remove_tree(owned)
@@ -538,12 +574,12 @@ def export(
         for number, members in enumerate(groups):
             stem = f"{split}-{number:05d}-of-{len(groups):05d}"
             chosen = [items[i] for i in members]
-            pq.write_table(to_table(chosen, spec.schema), data / f"{stem}.parquet")
+            pq.write_table(to_table(chosen, schema), data / f"{stem}.parquet")
             if jsonl:
                 with open(jsonl_data / f"{stem}.jsonl", "w", encoding="utf-8") as handle:
                     for record in chosen:
                         decoded = {
-                            f.name: _decode_json(record[f.name], f.type) for f in spec.schema
+                            f.name: _decode_json(record[f.name], f.type) for f in schema
                         }
                         handle.write(json.dumps(decoded, ensure_ascii=False) + "\n")
             files.append(
@@ -559,33 +595,127 @@ def export(
             "shards": files,
         }
     if fmt == "verl":
-        summary["verl"] = _write_verl_configs(run_dir, rows, out)
+        summary["verl"] = _write_verl_configs(run_dir, records, out)
     (out / "export.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     (out / "README.md").write_text(_export_card(summary, run_dir, data), encoding="utf-8")
     return summary
 
 
-def _write_verl_configs(run_dir: Path, rows: list[dict[str, Any]], out: Path) -> dict[str, Any]:
-    """verl's interaction and tool config files beside the data.
-
-    verl offers one global tool list, so the tools of every task are merged by name; a name two
-    tasks define differently keeps its first definition and is listed under `tool_conflicts`.
-    """
-    import yaml
-
-    from pipelines.verl_env import verl_configs
-
+def _verl_tools(records: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    """verl's one global tool list: every row's tools merged by name (the first definition of a
+    name two tasks define differently wins; those names are the conflicts)."""
     tools: dict[str, dict[str, Any]] = {}
     conflicts: set[str] = set()
-    for row in rows:
-        for tool in json.loads(row["tools"]) if isinstance(row["tools"], str) else row["tools"]:
+    for record in records:
+        listed = record["extra_info"]["tools"]
+        for tool in json.loads(listed) if isinstance(listed, str) else listed:
             name = tool["function"]["name"]
             if name in tools and tools[name] != tool:
                 conflicts.add(name)
             tools.setdefault(name, tool)
-    interaction, tool_config = verl_configs(
-        str(run_dir.resolve()), [tools[n] for n in sorted(tools)]
-    )
+    return tools, conflicts
+
+
+def _bind_verl_tools(records: list[dict[str, Any]], run_dir: Path) -> list[str]:
+    """Give every row `tools_kwargs` for every tool of the global list: the `create_kwargs`
+    that bind a call to the row's task (its run, task id and seed); a tool the task does not
+    offer is then answered by the task's environment as an unknown tool. Returns the names."""
+    names = sorted(_verl_tools(records)[0])
+    where = str(run_dir.resolve())
+    for record in records:
+        info = record["extra_info"]
+        create = {"run_dir": where, "task_id": info["task_id"],
+                  "seed": info["interaction_kwargs"]["seed"]}
+        info["tools_kwargs"] = {name: {"create_kwargs": dict(create)} for name in names}
+    return names
+
+
+JSON_TYPES = ("array", "boolean", "integer", "null", "number", "object", "string")
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if value is None:
+        return "null"
+    return "array" if isinstance(value, list) else "object"
+
+
+def _schema_types(schema: Any) -> list[str]:
+    """The JSON types a property schema allows, read off `type`, `enum`, `const` or its
+    `anyOf`/`oneOf` branches; every type when nothing says."""
+    if not isinstance(schema, dict):
+        return list(JSON_TYPES)
+    declared = schema.get("type")
+    if isinstance(declared, str):
+        return [declared]
+    if isinstance(declared, list) and declared:
+        return [str(t) for t in declared]
+    if "enum" in schema and isinstance(schema["enum"], list) and schema["enum"]:
+        return sorted({_json_type(v) for v in schema["enum"]})
+    if "const" in schema:
+        return [_json_type(schema["const"])]
+    for key in ("anyOf", "oneOf"):
+        if isinstance(schema.get(key), list) and schema[key]:
+            return sorted({t for branch in schema[key] for t in _schema_types(branch)})
+    return list(JSON_TYPES)
+
+
+def verl_tool_schema(tool: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """`tool` as verl's `OpenAIFunctionToolSchema` (0.9.1) accepts it: parameters with
+    `type` and `properties`, and a `type` on every property (inferred from its enum, const or
+    branches; a list of types when several fit). Returns the schema and the properties that
+    got a type. The environment still checks calls against the full schema."""
+    fixed = json.loads(json.dumps(tool))
+    function = fixed.setdefault("function", {})
+    function.setdefault("description", function.get("name", ""))
+    parameters = function.setdefault("parameters", {})
+    parameters.setdefault("type", "object")
+    properties = parameters.setdefault("properties", {})
+    added = []
+    for name, prop in list(properties.items()):
+        if not isinstance(prop, dict):
+            prop = properties[name] = {}
+        if not isinstance(prop.get("type"), str | list) or not prop.get("type"):
+            types = _schema_types(prop)
+            prop["type"] = types[0] if len(types) == 1 else types
+            added.append(f"{function.get('name')}.{name}")
+    return fixed, added
+
+
+def verl_configs(
+    run_dir: str, tools: list[dict[str, Any]], config: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The interaction and tool config files verl's multi-turn rollout reads (as dicts)."""
+    where = {"run_dir": run_dir, **({"config": config} if config else {})}
+    interaction = {"interaction": [{
+        "name": VERL_INTERACTION_NAME, "class_name": VERL_INTERACTION_CLASS, "config": where,
+    }]}
+    tool_config = {"tools": [
+        {"class_name": VERL_TOOL_CLASS, "config": {"type": "native", **where},
+         "tool_schema": tool}
+        for tool in tools
+    ]}
+    return interaction, tool_config
+
+
+def _write_verl_configs(run_dir: Path, rows: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    """verl's interaction and tool config files beside the data (see `verl_configs`)."""
+    import yaml
+
+    tools, conflicts = _verl_tools(rows)
+    schemas, typed = [], []
+    for name in sorted(tools):
+        schema, added = verl_tool_schema(tools[name])
+        schemas.append(schema)
+        typed.extend(added)
+    interaction, tool_config = verl_configs(str(run_dir.resolve()), schemas)
     folder = out / "verl"
     folder.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -598,6 +728,7 @@ def _write_verl_configs(run_dir: Path, rows: list[dict[str, Any]], out: Path) ->
         **{name: str(path) for name, path in paths.items()},
         "tools": len(tools),
         "tool_conflicts": sorted(conflicts),
+        "property_types_added": typed,
     }
 
 

@@ -68,16 +68,19 @@ _OPENED_FIRST = frozenset({LOCK, "agentmill.log"})
 before it opens its log there)."""
 
 
-def check_claimable(out: str, force: bool = False) -> None:
+def check_claimable(
+    out: str, force: bool = False, entries: tuple[str, ...] = RUN_ENTRIES
+) -> None:
     """Refuse (OutputError) an output a run could not claim, touching nothing: what `claim`
     would refuse, checked before anything (a log file) is written there. An object store gets
-    no log, and is only reached once the run starts (`claim`)."""
+    no log, and is only reached once the run starts (`claim`). `entries`: what the command
+    writes there (the refusal lists them)."""
     check_path(out)
     if storage.is_uri(out):
         return
     foreign = _foreign_entries(storage.run_path(out))
     if foreign is not None and not force:
-        raise OutputError(_refusal(storage.run_path(out), foreign))
+        raise OutputError(_refusal(storage.run_path(out), foreign, entries))
 
 
 def _foreign_entries(out: storage.RunPath) -> list[str] | None:
@@ -98,23 +101,30 @@ def _foreign_entries(out: storage.RunPath) -> list[str] | None:
     return names or None
 
 
-def claim(out: storage.RunPath, force: bool = False) -> None:
-    """Make `out` this run's folder (write the marker), or refuse if it is someone else's."""
+def claim(
+    out: storage.RunPath, force: bool = False, entries: tuple[str, ...] = RUN_ENTRIES
+) -> None:
+    """Make `out` this run's folder (write the marker), or refuse if it is someone else's.
+
+    Every command that writes a folder (`run`, `code-tasks`) claims it this way; `entries` are
+    the names that command writes there, listed in a refusal."""
     foreign = _foreign_entries(out)
     if foreign is not None and not force:
-        raise OutputError(_refusal(out, foreign))
+        raise OutputError(_refusal(out, foreign, entries))
     body = json.dumps({"agentmill": "run folder", "claimed": time.time()}) + "\n"
     if not storage.exists(out / MARKER):
         storage.write_text(out / MARKER, body)
 
 
-def _refusal(out: storage.RunPath, foreign: list[str]) -> str:
+def _refusal(
+    out: storage.RunPath, foreign: list[str], entries: tuple[str, ...] = RUN_ENTRIES
+) -> str:
     shown = ", ".join(foreign[:6]) + (f" and {len(foreign) - 6} more" if len(foreign) > 6 else "")
     return (
         f"--out {out} is not empty ({shown}) and is not an agentmill run folder (no "
         f"{MARKER} marker); a run only replaces an empty folder or its own. Choose another "
         "folder, or pass --force to let the run replace its own entries there ("
-        + ", ".join(RUN_ENTRIES[:12]) + "); nothing else is ever touched"
+        + ", ".join(entries[:12]) + "); nothing else is ever touched"
     )
 
 

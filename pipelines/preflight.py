@@ -17,7 +17,9 @@ import httpx
 from pipelines.config import ROLES, RunConfig
 from schemas.records import Failure, ToolSpec
 from simulators.llm.config import EMBEDDED_MODEL, ModelConfig
+from simulators.sandbox import SandboxUnavailable, require_sandbox
 from toolspecs.compose import by_domain
+from toolspecs.domain import DomainError, load_domain
 from toolspecs.load import LIBRARY, load_file, spec_files
 
 PROBE_TIMEOUT_S = 10.0
@@ -140,7 +142,41 @@ def probe_server(model: ModelConfig, timeout_s: float = PROBE_TIMEOUT_S) -> str 
     return None
 
 
+def sandbox_problem(needing: int, total: int) -> str | None:
+    """None when none of `total` tasks brings files or a sandbox can be made on this machine;
+    else why the run cannot start. Such tasks run code, and code only ever runs in a sandbox:
+    one that cannot be made stops the run at start, not each episode, never unconfined."""
+    if not needing:
+        return None
+    try:
+        require_sandbox()
+    except SandboxUnavailable as exc:
+        return (
+            f"{needing} of {total} task(s) bring files and run code, which only ever runs in a "
+            f"sandbox, and {exc}"
+        )
+    return None
+
+
+def check_sandbox(config: RunConfig) -> Preflight:
+    """A domain whose tasks bring files needs a working sandbox here (its folder must load)."""
+    found = Preflight()
+    if not config.domain:
+        return found
+    try:
+        tasks = load_domain(config.domain).tasks
+    except DomainError as exc:
+        found.problems.append(str(exc))
+        return found
+    problem = sandbox_problem(sum(t.workspace is not None for t in tasks), len(tasks))
+    if problem:
+        found.problems.append(f"{config.domain}: {problem}")
+    return found
+
+
 def preflight(config: RunConfig, probe: bool = True) -> Preflight:
     """Every check a run makes before it starts."""
-    specs, models = check_specs(config), check_models(config, probe)
-    return Preflight(specs.problems + models.problems, specs.warnings + models.warnings)
+    checks = (check_specs(config), check_sandbox(config), check_models(config, probe))
+    return Preflight(
+        [p for c in checks for p in c.problems], [w for c in checks for w in c.warnings]
+    )

@@ -35,7 +35,8 @@ def rollout_command(
     out: Annotated[Path, typer.Option(help="Folder for rollouts/, failures/, manifest.json.")],
     k: Annotated[int, typer.Option("--k", help="Rollouts per task (pass^1 .. pass^k).")] = 1,
     backend: Annotated[
-        str | None, typer.Option(help="Policy backend: vllm or openai (default: the run's agent).")
+        str | None,
+        typer.Option(help="Policy backend: vllm, vllm-server or openai (default: the run's agent)"),
     ] = None,
     model: Annotated[str | None, typer.Option(help="Policy model (path or served name).")] = None,
     base_url: Annotated[
@@ -123,9 +124,12 @@ def serve_env_command(
     if not (run_dir / "rl").is_dir():
         err.print(f"[red]error:[/red] {escape(str(run_dir / 'rl'))}: no such folder")
         raise typer.Exit(2)
+    from simulators.sandbox import SandboxUnavailable
+
     try:
         envs = RunEnvironments.open(run_dir, config)
-    except ConfigError as exc:
+        envs.require_sandbox()  # tasks with files: a sandbox at start, not a 502 per session
+    except (ConfigError, SandboxUnavailable) as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
     for failure in envs.failures:

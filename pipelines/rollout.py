@@ -42,6 +42,7 @@ from schemas.arrow import _TRAJECTORY_FIELDS, FAILURE_SCHEMA, to_row
 from schemas.records import Failure, RLTask, canonical_json
 from simulators.episode import drive
 from simulators.llm.config import ModelConfig
+from simulators.sandbox import SandboxUnavailable
 
 ROLLOUT_SCHEMA = pa.schema(
     [
@@ -184,6 +185,10 @@ def rollout(
     if not (run_dir / "rl").is_dir():
         raise RolloutError(f"{run_dir / 'rl'}: no such folder; is {run_dir} a run folder?")
     envs = RunEnvironments.open(run_dir, config_path, overrides)
+    try:
+        envs.require_sandbox()  # before anything is written: no rollout fails for it later
+    except SandboxUnavailable as exc:
+        raise RolloutError(f"{run_dir}: {exc}") from exc
     policy = policy or envs.config.models.agent
     key = rollout_key(envs, policy)
     out.mkdir(parents=True, exist_ok=True)

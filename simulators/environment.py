@@ -260,6 +260,11 @@ class Environment:
         """The world as the tools have left it so far."""
         return self._tools.state if self._tools is not None else self.task.initial_state
 
+    @property
+    def injected_faults(self) -> list[Any]:
+        """The failures injected into this episode's tool answers so far."""
+        return list(self._tools.injected) if self._tools is not None else []
+
     async def reset(
         self, seed: int = 0, persona: Persona | None = None, opening: str | None = None
     ) -> Observation:

@@ -24,9 +24,12 @@ every distribution. What a sandbox gets:
   or other variable of the parent reaches the code;
 - when the payload ends, its pid namespace ends with it: no background process survives.
 
-A machine where such a sandbox cannot be made (no `bwrap`, namespaces refused) gets
-`SandboxUnavailable` from `require_sandbox()` at start, with the reason; nothing ever falls back
-to running code unconfined.
+Unprivileged (not root), bwrap builds the same sandbox inside a user namespace of its own
+(`--unshare-user`): the code runs as the caller's uid mapped into it, and the process limit
+holds for the processes of that namespace. A machine where such a sandbox cannot be made (no
+`bwrap`, namespaces refused) gets `SandboxUnavailable` from `require_sandbox()` at start, with
+the reason and, for a non-root user, the setting to change (`userns_refusal`); nothing ever
+falls back to running code unconfined.
 """
 
 from __future__ import annotations
@@ -439,6 +442,49 @@ def run_sync(workspace: Path, **kwargs: Any) -> RunResult:
         return pool.submit(asyncio.run, run(workspace, **kwargs)).result()
 
 
+USERNS_SYSCTLS = (
+    ("kernel/unprivileged_userns_clone", "0", "sysctl -w kernel.unprivileged_userns_clone=1"),
+    ("user/max_user_namespaces", "0", "sysctl -w user.max_user_namespaces=15000"),
+    ("kernel/apparmor_restrict_unprivileged_userns", "1",
+     "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0 (or an AppArmor profile that "
+     "lets /usr/bin/bwrap create user namespaces)"),
+)
+"""(sysctl under /proc/sys, the value that forbids user namespaces to non-root, the fix)."""
+
+
+def _read_sysctl(name: str) -> str | None:
+    try:
+        return Path("/proc/sys", name).read_text().strip()
+    except OSError:
+        return None
+
+
+def userns_refusal() -> str | None:
+    """Which kernel setting forbids unprivileged user namespaces, with the command that allows
+    them; None when none does (they may still be refused, e.g. by a container's seccomp)."""
+    for name, forbidding, fix in USERNS_SYSCTLS:
+        if _read_sysctl(name) == forbidding:
+            setting = name.replace("/", ".")
+            return (
+                f"{setting} = {forbidding} forbids unprivileged user namespaces; as root run "
+                f"`{fix}` (and put the setting in /etc/sysctl.d/ to keep it)"
+            )
+    return None
+
+
+def _unprivileged_advice() -> str:
+    """What to do when bwrap cannot make a sandbox for a non-root user."""
+    refusal = userns_refusal()
+    cause = refusal or (
+        "the machine refused a user namespace (inside a container its seccomp or AppArmor "
+        "profile can refuse them even when the kernel allows them)"
+    )
+    return (
+        f"as uid {os.geteuid()}, bubblewrap needs an unprivileged user namespace, and {cause}; "
+        "or run agentmill as root, where bwrap needs no user namespace"
+    )
+
+
 @functools.cache
 def _probe() -> str | None:
     """None when a sandbox works on this machine, else why not."""
@@ -465,7 +511,9 @@ def _probe() -> str | None:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     if not result.ok or not result.stdout.startswith("ok"):
-        return f"a sandbox did not start: {(result.error, result.stderr.strip()[-400:])}"
+        said = result.stderr.strip()[-400:] or result.error
+        advice = f"; {_unprivileged_advice()}" if os.geteuid() != 0 else ""
+        return f"a sandbox did not start ({said}){advice}"
     if "NET" in result.stdout or "True" in result.stdout:
         return "a sandbox was not contained (network or host files visible)"
     if os.geteuid() == 0 and result.stdout.split()[1] == "0":

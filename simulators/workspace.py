@@ -44,13 +44,14 @@ def _sha256(data: bytes) -> str:
 
 
 class Workspace:
-    """One episode's files in a temporary folder owned by a fresh unprivileged uid."""
+    """One episode's files in a temporary folder owned by a fresh unprivileged uid (as root;
+    unprivileged, the caller's own uid, which is the only one its user namespace can map)."""
 
     def __init__(
         self, files: dict[str, str], limits: Limits | None = None, base: str | None = None
     ) -> None:
         self.limits = limits or Limits()
-        self.uid = sandbox.new_uid()
+        self.uid = sandbox.new_uid() if os.geteuid() == 0 else os.geteuid()
         self.root = Path(tempfile.mkdtemp(prefix="agentmill-ws-", dir=base))
         self._chown(self.root)
         self.outbox: list[dict[str, Any]] = []

@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from filters.checks import CHECKS, CheckContext, offered_tools, run_checks
-from schemas.records import FunctionCall, Message, ToolCall, ToolSpec, Trajectory
+from schemas.records import (
+    FunctionCall,
+    InjectedFault,
+    Message,
+    ToolCall,
+    ToolSpec,
+    Trajectory,
+)
 
 WEATHER = ToolSpec(
     name="get_weather",
@@ -237,6 +244,39 @@ def test_repeat_threshold_is_a_parameter() -> None:
     # two identical calls are a normal retry
     twice = [*_loop()[:6], _loop()[-1]]
     assert run_checks(trajectory(twice), TOOLS, max_turns=2) == []
+
+
+def _loop_answered(content: str) -> list[Message]:
+    """Three identical weather calls, each answered with `content`."""
+    same = [
+        m
+        for i in range(3)
+        for m in (
+            calls(call(f"call_l{i}", "get_weather", {"city": "Rome"})),
+            answer(f"call_l{i}", content),
+        )
+    ]
+    return [*good_messages()[:2], *same, say("assistant", "Rome is sunny.")]
+
+
+def test_retries_after_a_transient_error_are_not_a_loop() -> None:
+    """429/503/504 invite a retry; any other answer (an error included) settles the call."""
+    for code, loops in [(429, False), (503, False), (504, False), (404, True), (400, True)]:
+        body = json.dumps({"error": {"code": code, "type": "x", "message": "x"}})
+        failures = run_checks(trajectory(_loop_answered(body)), TOOLS, max_turns=2)
+        assert any(f.startswith("repeated_call:") for f in failures) is loops, (code, failures)
+
+
+def test_retries_after_an_injected_failure_are_not_a_loop() -> None:
+    traj = trajectory(_loop())
+    assert any(f.startswith("repeated_call:") for f in run_checks(traj, TOOLS, max_turns=2))
+    # The first two answers were failures injected on purpose: the third call is the first
+    # one after a real answer, so nothing repeats.
+    traj.injected_faults = [
+        InjectedFault(tool_call_id=f"call_l{i}", tool="get_weather", kind="not_found")
+        for i in range(2)
+    ]
+    assert run_checks(traj, TOOLS, max_turns=2) == []
 
 
 def test_argument_order_does_not_hide_a_loop() -> None:

@@ -7,6 +7,8 @@ import asyncio
 import json
 from pathlib import Path
 
+import pytest
+
 from filters.reward import score_trajectory
 from simulators.episode import EpisodeConfig, RoleClients, run_episode
 from simulators.persona import make_persona
@@ -157,3 +159,59 @@ def test_an_rl_row_with_a_workspace_plays_in_the_environment_with_its_reward() -
 
     outcome, final = asyncio.run(play())
     assert outcome == 1.0 and final["hidden_tests"]["passed"] == 4
+
+
+NO_BWRAP = "bubblewrap (bwrap) is not installed: run ./install.sh or apt-get install bubblewrap"
+
+
+def test_a_machine_without_a_sandbox_stops_every_command_at_start(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """run --domain, rollout and serve-env on tasks with files: exit 2 at start, naming why,
+    with nothing written; never a failure per episode, never unconfined code."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+    from pipelines.run import run
+    from simulators import sandbox
+    from tests.test_pipeline import scripted_config
+
+    coding_run = tmp_path / "coding"
+    run(scripted_config(coding_run, episodes=2, domain=str(CODING)))  # made while bwrap works
+    retail_run = tmp_path / "retail"
+    run(scripted_config(retail_run, episodes=1, domain=str(CODING.parent / "retail")))
+    monkeypatch.setattr(sandbox, "_probe", lambda: NO_BWRAP)
+    cli = CliRunner()
+
+    def said(result) -> str:
+        return " ".join(result.output.split())
+
+    started = cli.invoke(app, ["run", "--domain", str(CODING), "--out", str(tmp_path / "new"),
+                               "--backend", "scripted", "--model", "s"])
+    assert started.exit_code == 2, started.output
+    assert "22 of 22 task(s) bring files and run code" in said(started)
+    assert "apt-get install bubblewrap" in said(started)
+    assert "nothing was written" in said(started)
+    assert not (tmp_path / "new").exists()
+
+    rolled = cli.invoke(app, ["rollout", str(coding_run), "--out", str(tmp_path / "rollouts"),
+                              "--backend", "scripted", "--model", "s"])
+    assert rolled.exit_code == 2, rolled.output
+    assert "2 of 2 task(s) bring files" in said(rolled) and "bubblewrap" in said(rolled)
+    assert not (tmp_path / "rollouts").exists()
+
+    served = cli.invoke(app, ["serve-env", str(coding_run), "--port", "1"])
+    assert served.exit_code == 2, served.output
+    assert "sandbox unavailable" in said(served) and "serving" not in said(served)
+
+    from pipelines import verl_env
+    from simulators.sandbox import SandboxUnavailable
+
+    # verl's workers open the run when the first rollout starts: the same error there.
+    with pytest.raises(SandboxUnavailable, match=r"2 of 2 task\(s\) bring files.*bubblewrap"):
+        verl_env._environments(str(coding_run))
+
+    # Tasks without files need no sandbox: they still play on such a machine.
+    fine = cli.invoke(app, ["rollout", str(retail_run), "--out", str(tmp_path / "retail_out"),
+                            "--backend", "scripted", "--model", "s"])
+    assert fine.exit_code == 0, fine.output

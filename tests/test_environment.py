@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from filters.checks import run_checks
+from filters import checks
+from filters.checks import PROCESS_CHECKS, TRANSIENT_FAULTS, run_checks
 from filters.reward import (
     PROCESS_PARTS,
-    TRANSIENT_FAULTS,
     RewardConfig,
     episode_scorer,
     process_counts,
@@ -258,6 +258,58 @@ def test_the_checks_and_the_process_reward_find_the_same_bad_calls() -> None:
     assert counts["invalid_arguments"] == sum(
         f.startswith("invalid_arguments:") for f in failures
     ) == 1
+
+
+def _repeat_findings(env: Environment) -> tuple[int, list[str]]:
+    """The reward's repetition count and the check's repetition failures, on one trajectory."""
+    assert env.trajectory is not None
+    counts, _ = process_counts(env.trajectory, env.task, {t.name: t for t in env.agent.tools})
+    failures = run_checks(env.trajectory, env.agent.tools, max_turns=3)
+    return counts["repeated_calls"], [f for f in failures if f.startswith("repeated_call:")]
+
+
+def test_the_loop_check_and_the_repetition_reward_share_one_rule(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = scored_env(max_tool_rounds=8)
+    final(env, policy(LOOKUP, LOOKUP, LOOKUP, CANCEL))
+    count, failures = _repeat_findings(env)
+    assert count == 2 and failures == [
+        "repeated_call: 'find_user_id_by_email' called 3 times with "
+        '{"email":"maya.okafor@example.com"}'
+    ]
+    # Three lookups of different emails repeat nothing, for both...
+    emails = [f"{name}@example.com" for name in ("maya.okafor", "m.okafor", "maya")]
+    final(env, policy(*[("find_user_id_by_email", {"email": e}) for e in emails], CANCEL))
+    assert _repeat_findings(env) == (0, [])
+    # ...until the shared rule of what makes two calls identical changes: then both see it.
+    monkeypatch.setattr(checks, "call_key", lambda call: (call.function.name, ""))
+    count, failures = _repeat_findings(env)
+    assert count == 2 and len(failures) == 1 and "called 3 times" in failures[0]
+
+
+def test_the_opt_in_process_checks_report_what_the_reward_counts() -> None:
+    domain = load_domain(RETAIL)
+    task = domain.tasks[0].model_copy(update={"difficulty": "decline", "id": "t-decline"})
+    env = Environment(task, domain.agent, retail_env().user_model, retail_env().tool_model,
+                      EpisodeConfig(failure_rate=0.0), scorer=episode_scorer())
+    final(env, policy(CANCEL, ("cancel_pending_order", {"order_id": "ORD-5002", "reason": "x"}),
+                      reply="I cannot help with that."))
+    assert env.trajectory is not None
+    tools = {t.name: t for t in env.agent.tools}
+    counts, _ = process_counts(env.trajectory, env.task, tools)
+    failures = run_checks(env.trajectory, tools, 3, checks=PROCESS_CHECKS, task=env.task)
+    assert counts["decline_writes"] == 2
+    assert [f.split(":")[0] for f in failures] == ["decline_writes"] * 2
+    # The same calls in the task to carry out: within its chain, nothing to report.
+    long = scored_env(max_tool_rounds=8)
+    final(long, policy(LOOKUP, ("get_user_details", {"user_id": "USR-1001"}),
+                       ("get_order_details", {"order_id": "ORD-5001"}),
+                       ("get_product_details", {"product_id": "PRD-301"}), CANCEL, CANCEL))
+    assert long.trajectory is not None
+    counts, _ = process_counts(long.trajectory, long.task, tools)
+    failures = run_checks(long.trajectory, tools, 3, checks=PROCESS_CHECKS, task=long.task)
+    assert counts["extra_calls"] == 2 == sum(f.startswith("extra_calls:") for f in failures)
 
 
 def test_writes_in_a_decline_task_are_penalised() -> None:

@@ -25,6 +25,8 @@ MODEL_LAYER = (
     "embedded",
     "engines",
     "openai_backend",
+    "engine_server",
+    "server_backend",
     "vllm_backend",
     "faults",
     "registry",

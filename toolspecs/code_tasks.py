@@ -5,17 +5,22 @@ stub the agent starts from is not the model's: it is the reference with every fu
 method body replaced by `raise NotImplementedError`, signatures and docstrings kept. A draft
 becomes a task only when, in the sandbox,
 
+- `parses`: the solution and the tests are valid Python,
+- `module_name`: the module is not named like a test file (pytest would collect it),
 - `tests_collected`: the tests define at least one test function,
 - `reference_passes`: every test passes on the reference solution, and
 - `stub_fails`: at least one test fails on the stub (else the tests test nothing).
 
 A draft that breaks a rule becomes a `Failure` whose error names the rule and what happened;
-the tests become the task's hidden tests, the stub its workspace with one visible test file.
+the tests become the task's hidden tests, the stub its workspace with one visible test file
+(the tests' first test and what it needs). `pipelines/code_tasks.py` (`agentmill code-tasks`)
+turns many of them into a domain folder.
 """
 
 from __future__ import annotations
 
 import ast
+from dataclasses import dataclass
 from typing import Any
 
 from schemas.records import (
@@ -82,6 +87,8 @@ async def check_draft(draft: dict[str, str]) -> dict[str, Any]:
             ast.parse(text)
         except SyntaxError as exc:
             raise DraftRejected("parses", f"the {name} is not valid Python: {exc.msg}") from exc
+    if module.startswith(("test_", "conftest")) or module.endswith("_test.py"):
+        raise DraftRejected("module_name", f"{module} is named like a test file")
     hidden = {f"test_{module.removesuffix('.py')}_hidden.py": tests}
     if count_hidden_tests(hidden) == 0:
         raise DraftRejected("tests_collected", "the tests define no test function")
@@ -101,7 +108,102 @@ async def check_draft(draft: dict[str, str]) -> dict[str, Any]:
         raise DraftRejected(
             "stub_fails", f"all {on_stub['total']} tests pass on an empty stub: they test nothing"
         )
-    return {"stub": stub, "hidden": hidden, "tests": reference["total"]}
+    return {"stub": stub, "hidden": hidden, "tests": reference["total"],
+            "visible": {f"tests/test_{module.removesuffix('.py')}.py": visible_tests(tests)}}
+
+
+def visible_tests(tests: str) -> str:
+    """The tests' first test with everything else at top level (imports, helpers, fixtures),
+    so the agent can run one real test; the whole suite stays hidden."""
+    tree = ast.parse(tests)
+    body: list[ast.stmt] = []
+    shown = False
+    for node in tree.body:
+        is_test = (
+            isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.name.startswith("test")
+        ) or (isinstance(node, ast.ClassDef) and node.name.startswith("Test"))
+        if is_test and shown:
+            continue
+        shown = shown or is_test
+        body.append(node)
+    tree.body = body
+    return ast.unparse(tree) + "\n"
+
+
+@dataclass
+class CodeDraft:
+    """A model's draft and what the gate made of it: `checked` when kept, else `rejection`."""
+
+    topic: str
+    difficulty: Difficulty
+    draft: dict[str, str]
+    raw: str
+    checked: dict[str, Any] | None = None
+    rejection: Failure | None = None
+
+
+PROMPT = (
+    "You write test tasks for a coding assistant: programming exercises with tests. Give a "
+    "module file name, the problem as a user would state it, a complete reference solution "
+    "(one Python module, standard library only) and pytest tests (plain asserts, importing "
+    "from the module) that pass on the solution and fail on any unfinished version."
+)
+
+
+async def draft_code_task(
+    model: ChatModel,
+    topic: str,
+    difficulty: Difficulty,
+    sampling: Sampling,
+    usage: Usage,
+    attempts: int = 3,
+) -> CodeDraft:
+    """Ask for a draft on `topic` and put it through the gate; raises when the model gives no
+    usable answer after `attempts` (the caller's Failure), never for a rejected draft."""
+    messages = [
+        Message(role="system", content=PROMPT),
+        Message(role="user", content=f"Topic: {topic}\nDifficulty: {difficulty}"),
+    ]
+    completion = await ask(
+        model, "synthesizer", usage, messages, sampling,
+        schema=CODE_TASK_SCHEMA, attempts=attempts,
+    )
+    draft = {k: str(completion.parsed[k]) for k in ("module", "problem", "solution", "tests")}
+    result = CodeDraft(topic, difficulty, draft, completion.text)
+    try:
+        result.checked = await check_draft(draft)
+    except DraftRejected as exc:
+        result.rejection = Failure(
+            stage=STAGE, input_id=content_id("codedraft", draft),
+            error_type=f"DraftRejected:{exc.rule}", error=str(exc),
+            raw_output=completion.text[:4000],
+        )
+    return result
+
+
+def task_of(drafted: CodeDraft, agent_id: str) -> Task:
+    """The task a kept draft becomes: the stub and a visible test as its files, the tests
+    hidden."""
+    assert drafted.checked is not None, "only a kept draft becomes a task"
+    module = drafted.draft["module"]
+    return Task(
+        agent_id=agent_id,
+        goal=f"{drafted.draft['problem']} (Implement it in {module}.)",
+        user_knows=[f"the code goes in {module}", "tests can be run with run_tests"],
+        difficulty=drafted.difficulty,
+        rubric=Rubric(
+            success_criteria=[
+                f"The agent implements what the problem asks in {module}",
+                "The agent runs the tests and reports the result honestly",
+            ],
+            expected_tools=["read_file", "write_file", "run_tests"],
+        ),
+        workspace=WorkspaceSpec(
+            files={module: drafted.checked["stub"], **drafted.checked["visible"]},
+            hidden_tests=drafted.checked["hidden"],
+        ),
+    )
 
 
 async def write_code_task(
@@ -114,42 +216,7 @@ async def write_code_task(
     attempts: int = 3,
 ) -> Task | Failure:
     """A coding task on `topic` for `agent`, or a Failure naming the rule its draft broke."""
-    messages = [
-        Message(
-            role="system",
-            content="You write test tasks for a coding assistant: programming exercises with "
-            "tests. Give a module file name, the "
-            "problem as a user would state it, a complete reference solution (one Python "
-            "module, standard library only) and pytest tests (plain asserts, importing from the "
-            "module) that pass on the solution and fail on any unfinished version.",
-        ),
-        Message(role="user", content=f"Topic: {topic}\nDifficulty: {difficulty}"),
-    ]
-    completion = await ask(
-        model, "synthesizer", usage, messages, sampling,
-        schema=CODE_TASK_SCHEMA, attempts=attempts,
-    )
-    draft = {k: str(completion.parsed[k]) for k in ("module", "problem", "solution", "tests")}
-    input_id = content_id("codedraft", draft)
-    try:
-        checked = await check_draft(draft)
-    except DraftRejected as exc:
-        return Failure(
-            stage=STAGE, input_id=input_id, error_type=f"DraftRejected:{exc.rule}",
-            error=str(exc), raw_output=completion.text[:4000],
-        )
-    module = draft["module"]
-    return Task(
-        agent_id=agent.id,
-        goal=f"{draft['problem']} (Implement it in {module}.)",
-        user_knows=[f"the code goes in {module}", "tests can be run with run_tests"],
-        difficulty=difficulty,
-        rubric=Rubric(
-            success_criteria=[
-                f"The agent implements what the problem asks in {module}",
-                "The agent runs the tests and reports the result honestly",
-            ],
-            expected_tools=["read_file", "write_file", "run_tests"],
-        ),
-        workspace=WorkspaceSpec(files={module: checked["stub"]}, hidden_tests=checked["hidden"]),
-    )
+    drafted = await draft_code_task(model, topic, difficulty, sampling, usage, attempts)
+    if drafted.rejection is not None:
+        return drafted.rejection
+    return task_of(drafted, agent.id)

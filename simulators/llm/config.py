@@ -14,10 +14,18 @@ from schemas.records import canonical_json
 from simulators.llm.presets import apply_preset
 
 ToolCallMode = Literal["json", "native"]
-Backend = Literal["vllm", "openai", "scripted"]
+Backend = Literal["vllm", "vllm-server", "openai", "scripted"]
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
-NOT_ENGINE_FIELDS = frozenset({"api_key", "preset", "weights_gib", "tokens_per_second"})
+NOT_ENGINE_FIELDS = frozenset({
+    "api_key", "preset", "weights_gib", "tokens_per_second", "engine_dir", "engine_linger_s",
+    "engine_start_s",
+})
 """Fields that do not change the engine: a preset is only a way to write the others."""
+HOW_NOT_WHAT_FIELDS = (
+    "api_key", "server_wait_s", "engine_restarts", "engine_dir", "engine_linger_s",
+    "engine_start_s",
+)
+"""Fields a run's fingerprint leaves out: how a model is reached, not what it generates."""
 
 
 class ModelConfig(BaseModel):
@@ -68,7 +76,28 @@ class ModelConfig(BaseModel):
         description="Times a client restarts an in-process vLLM engine that died (EngineDead"
         "Error) before the run stops; not in the fingerprint.",
     )
-    # vllm backend
+    # vllm-server backend: one vLLM server per machine, shared by its worker processes
+    engine_dir: str | None = Field(
+        default=None,
+        description="vllm-server: folder of the machine-wide engine state (lock, leases, logs); "
+        "unset: $AGENTMILL_ENGINE_DIR, else agentmill-engines-UID in the temp dir. Every worker "
+        "process of the machine must see the same folder.",
+    )
+    engine_linger_s: float = Field(
+        default=10.0, ge=0.0,
+        description="vllm-server: how long the server outlives its last client process, so a "
+        "worker restarting between stages does not pay another start.",
+    )
+    engine_start_s: float = Field(
+        default=1800.0, gt=0.0,
+        description="vllm-server: how long clients wait for a starting server to answer.",
+    )
+    server_command: list[str] | None = Field(
+        default=None,
+        description="vllm-server: the command that serves the model, replacing the `vllm serve` "
+        "built from these settings (e.g. a site wrapper); `{port}` is replaced by the port.",
+    )
+    # vllm backend (and vllm-server)
     max_model_len: int = 4096
     max_num_seqs: int = 64
     kv_cache_gib: float | None = Field(
@@ -142,9 +171,13 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_tool_mode(self) -> ModelConfig:
-        if self.backend == "vllm" and self.tool_call_mode == "native" and not self.tool_call_parser:
+        if (
+            self.backend in ("vllm", "vllm-server")
+            and self.tool_call_mode == "native"
+            and not self.tool_call_parser
+        ):
             raise ValueError(
-                "tool_call_mode native on the vllm backend needs tool_call_parser "
+                f"tool_call_mode native on the {self.backend} backend needs tool_call_parser "
                 "(e.g. hermes, kimi_k2, deepseek_v3)"
             )
         return self

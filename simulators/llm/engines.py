@@ -33,8 +33,9 @@ class Engine:
 
     @property
     def in_process(self) -> bool:
-        """Served inside the worker (vLLM), so it takes the worker's memory."""
-        return self.config.backend == "vllm"
+        """Served on the worker machine (vLLM in process, or the machine's shared vLLM server),
+        so it takes the worker's memory and GPUs."""
+        return self.config.backend in ("vllm", "vllm-server")
 
     def weights(self) -> tuple[float | None, str]:
         return estimate_weights_gib(self.config)

@@ -180,6 +180,7 @@ class OpenAIChatModel(ConstrainedChatModel):
                             "and run the same command again to resume"
                         ) from None
                     self._outage(type(e).__name__)
+                    await self._refused()
                     waits += 1
                     self.retries += 1
                     left = self.config.server_wait_s - (now - down_since)
@@ -220,6 +221,10 @@ class OpenAIChatModel(ConstrainedChatModel):
                 attempt += 1
                 self.retries += 1
                 await asyncio.sleep(self._delay(attempt, retry_after))
+
+    async def _refused(self) -> None:
+        """Hook for each refused connection while requests wait for the server: a backend that
+        owns its server (vllm-server) checks it here and may raise to stop waiting."""
 
     def _outage(self, error: str) -> None:
         """Say once per outage, on the console, that requests wait for the server."""

@@ -52,6 +52,10 @@ def _create(config: ModelConfig) -> ChatModel:
         from simulators.llm.vllm_backend import VLLMChatModel
 
         return VLLMChatModel(config)
+    if config.backend == "vllm-server":
+        from simulators.llm.server_backend import SharedVLLMChatModel
+
+        return SharedVLLMChatModel(config)
     if config.backend == "openai":
         from simulators.llm.openai_backend import OpenAIChatModel
 

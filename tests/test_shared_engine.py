@@ -1,0 +1,307 @@
+"""`backend: vllm-server`: one server per machine shared by worker processes, stopped with them.
+
+A fake server (`tests/fake_engine_server.py`, started through `server_command`) stands in for
+`vllm serve`, and real client processes (`tests/engine_client.py`) stand in for Beam's workers, so
+the lock, the leases, the supervisor and the HTTP path are the real ones; only the model is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simulators.llm import registry
+from simulators.llm.base import Sampling
+from simulators.llm.config import ModelConfig
+from simulators.llm.engine_server import alive, process_id, read_json, starts
+from simulators.llm.engines import engines
+from simulators.llm.errors import ModelError
+from simulators.llm.server_backend import SharedVLLMChatModel, engine_folder, serve_command
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def fake_config(tmp_path: Path, startup_s: float = 0.5, **fields: Any) -> ModelConfig:
+    command = [sys.executable, "-m", "tests.fake_engine_server", "{port}",
+               str(tmp_path / "requests.log"), str(startup_s)]
+    settings: dict[str, Any] = {
+        "backend": "vllm-server", "model": "fake-model", "engine_dir": str(tmp_path / "engines"),
+        "engine_linger_s": 0.2, "engine_start_s": 30, "server_wait_s": 20,
+        "server_command": command, **fields,
+    }
+    return ModelConfig(**settings)
+
+
+def client(config: ModelConfig, requests: int, hold_s: float, how: str = "close",
+           *schema: str) -> subprocess.Popen[str]:
+    """A worker process (`tests/engine_client.py`); `schema`: an optional JSON schema text."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.engine_client", config.model_dump_json(), str(requests),
+         str(hold_s), how, *schema],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def served(process: subprocess.Popen[str]) -> list[dict[str, Any]]:
+    """The answers a client process printed (read as soon as it prints them)."""
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line.startswith("served "), (line, process.stderr.read() if process.stderr else "")
+    return [json.loads(text) for text in json.loads(line[len("served "):])]
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def state(config: ModelConfig) -> dict[str, Any] | None:
+    return read_json(engine_folder(config) / "state.json")
+
+
+def pid_gone(pid: int) -> bool:
+    return process_id(pid) is None
+
+
+def stopped(config: ModelConfig, pids: list[int]) -> bool:
+    """The engine's state is gone and so are the supervisor and server processes."""
+    return state(config) is None and all(pid_gone(pid) for pid in pids)
+
+
+def running(config: ModelConfig) -> list[int]:
+    """(supervisor, server) pids of the live engine."""
+    current = state(config)
+    assert current is not None and current["status"] == "ready", current
+    assert alive(current["supervisor"], current["supervisor_id"])
+    return [current["supervisor"], current["server"]]
+
+
+def ask(model: SharedVLLMChatModel, said: str) -> dict[str, Any]:
+    async def go() -> str:
+        return (await model.generate([{"role": "user", "content": said}], None, Sampling())).text
+
+    return json.loads(asyncio.run(go()))
+
+
+def close(model: SharedVLLMChatModel) -> None:
+    asyncio.run(model.close())
+
+
+def test_concurrent_starters_share_one_server(tmp_path: Path) -> None:
+    config = fake_config(tmp_path)
+    workers = [client(config, 3, 1.0) for _ in range(4)]  # all race to start it
+    answers = [served(worker) for worker in workers]
+    pids = running(config)
+    for worker in workers:
+        assert worker.wait(timeout=30) == 0
+    servers = {answer["server"] for each in answers for answer in each}
+    assert servers == {pids[1]}, "every process was served by the one server"
+    assert {answer["said"].split(":")[0] for each in answers for answer in each} == {
+        str(worker.pid) for worker in workers
+    }
+    assert starts(engine_folder(config)) == 1
+    requests = (tmp_path / "requests.log").read_text().splitlines()
+    assert len(requests) == 12
+    wait_until(lambda: stopped(config, pids))
+
+
+def test_clients_wait_for_readiness_and_the_last_close_stops_it(tmp_path: Path) -> None:
+    config = fake_config(tmp_path, startup_s=1.5)
+    model = SharedVLLMChatModel(config)
+    began = time.monotonic()
+    answer = ask(model, "hello")
+    assert time.monotonic() - began >= 1.5
+    assert model.retries == 0, "requests start once the server answers /health, not before"
+    pids = running(config)
+    assert answer["server"] == pids[1]
+    close(model)
+    wait_until(lambda: stopped(config, pids))
+    assert list((engine_folder(config) / "leases").iterdir()) == []
+
+
+def test_server_outlives_a_client_that_exits_and_stops_with_the_last(tmp_path: Path) -> None:
+    config = fake_config(tmp_path)
+    first = client(config, 1, 0.0, "exit")  # exits without cleanup once served
+    second = client(config, 1, 4.0)
+    served(first)
+    served(second)
+    pids = running(config)
+    first.wait(timeout=30)
+    time.sleep(1.0)  # well past linger_s: the second client's lease keeps it
+    assert running(config) == pids
+    assert second.wait(timeout=30) == 0
+    wait_until(lambda: stopped(config, pids))
+    assert starts(engine_folder(config)) == 1
+
+
+def test_a_sigkilled_last_client_still_stops_the_server(tmp_path: Path) -> None:
+    config = fake_config(tmp_path)
+    worker = client(config, 1, 600.0)
+    served(worker)
+    pids = running(config)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=10)
+    wait_until(lambda: stopped(config, pids))
+
+
+def test_stale_state_of_a_dead_supervisor_is_recovered_on_the_same_port(tmp_path: Path) -> None:
+    config = fake_config(tmp_path)
+    model = SharedVLLMChatModel(config)
+    first = ask(model, "before")
+    old = state(config)
+    assert old is not None
+    pids = running(config)
+    os.kill(pids[0], signal.SIGKILL)  # the supervisor dies; its server gets SIGTERM with it
+    wait_until(lambda: pid_gone(pids[0]) and pid_gone(pids[1]))
+    # The state still names the dead supervisor; the next request is refused, the client sees
+    # the supervisor gone and starts a new one on the same port.
+    second = ask(model, "after")
+    new = running(config)
+    assert second["server"] == new[1] != first["server"]
+    assert state(config)["url"] == old["url"]  # type: ignore[index]
+    assert starts(engine_folder(config)) == 2
+    close(model)
+    wait_until(lambda: stopped(config, new))
+
+
+def test_stale_state_and_leases_left_by_a_crash_do_not_block_a_new_run(tmp_path: Path) -> None:
+    config = fake_config(tmp_path)
+    folder = engine_folder(config)
+    (folder / "leases").mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    (folder / "leases" / f"{dead_pid}-12345").touch()
+    (folder / "state.json").write_text(json.dumps({
+        "supervisor": dead_pid, "supervisor_id": "12345", "port": _free_port(),
+        "url": "x", "status": "ready", "error": None,
+    }))
+    model = SharedVLLMChatModel(config)
+    ask(model, "hello")
+    pids = running(config)
+    assert [lease.name for lease in (folder / "leases").iterdir()] == [
+        f"{os.getpid()}-{process_id(os.getpid())}"
+    ]
+    close(model)
+    wait_until(lambda: stopped(config, pids))
+
+
+def test_a_dead_server_is_restarted_by_the_supervisor_and_requests_wait(tmp_path: Path) -> None:
+    config = fake_config(tmp_path, startup_s=1.0)
+    model = SharedVLLMChatModel(config)
+    ask(model, "before")
+    supervisor, server = running(config)
+    os.kill(server, signal.SIGKILL)
+    answer = ask(model, "after")  # refused while the supervisor restarts it, then served
+    assert answer["server"] != server
+    assert running(config) == [supervisor, answer["server"]]
+    assert starts(engine_folder(config)) == 2
+    assert model.retries >= 1
+    close(model)
+    wait_until(lambda: stopped(config, [supervisor, answer["server"]]))
+
+
+def test_a_server_that_never_comes_up_fails_with_its_log(tmp_path: Path) -> None:
+    config = fake_config(tmp_path, server_command=[
+        sys.executable, "-c", "import sys; print('no such model'); sys.exit(3)"])
+    model = SharedVLLMChatModel(config)
+    with pytest.raises(ModelError, match=r"exited with code 3 before it was ready.*no such model"):
+        ask(model, "hello")
+    close(model)
+    wait_until(lambda: state(config) is None)
+
+
+def test_the_server_command_carries_the_engine_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("simulators.llm.server_backend.resolve_model_path", lambda m: f"/w/{m}")
+    config = ModelConfig(
+        backend="vllm-server", preset="qwen3-235b-a22b", model="/models/Qwen3",
+        gpu_memory_utilization=0.85, quantization="fp8", enable_expert_parallel=True,
+        engine_args={"enable_prefix_caching": False, "pipeline_parallel_size": 2},
+    )
+    command = serve_command(config)
+    text = " ".join(command)
+    assert command[command.index("--model") + 1] == "/w//models/Qwen3"
+    for part in ("--served-model-name /models/Qwen3", "--tensor-parallel-size 8",
+                 "--enable-expert-parallel", "--quantization fp8",
+                 "--gpu-memory-utilization 0.85", "--enable-auto-tool-choice",
+                 "--tool-call-parser hermes", "--max-model-len 32768", "--max-num-seqs 256",
+                 "--no-enable-prefix-caching", "--pipeline-parallel-size 2", "--port {port}"):
+        assert part in text, part
+    assert "--enforce-eager" not in command  # the GPU preset keeps CUDA graphs
+    assert "--kv-cache-memory-bytes" not in command  # sized from the GPU share
+    embedded = serve_command(ModelConfig(backend="vllm-server"))
+    assert "--enforce-eager" in embedded
+    assert embedded[embedded.index("--kv-cache-memory-bytes") + 1] == str(2 << 30)
+    assert json.loads(embedded[embedded.index("--structured-outputs-config") + 1]) == {
+        "backend": "xgrammar", "disable_any_whitespace": True}
+    assert "--no-enable-chunked-prefill" in embedded  # the CPU build's fix, as in process
+
+
+def test_settings_that_only_say_how_share_one_folder_and_count_as_local(tmp_path: Path) -> None:
+    a = fake_config(tmp_path, engine_linger_s=1.0)
+    b = fake_config(tmp_path, engine_linger_s=5.0)
+    assert engine_folder(a) == engine_folder(b)
+    assert engine_folder(a) != engine_folder(fake_config(tmp_path, max_num_seqs=8))
+    assert engines({"agent": a})[0].in_process  # its memory and GPUs are the worker's
+    assert isinstance(registry._create(a), SharedVLLMChatModel)
+
+
+def _free_port() -> int:
+    from simulators.llm.engine_server import free_port
+
+    return free_port()
+
+
+def test_many_requests_at_once_attach_once(tmp_path: Path) -> None:
+    config = fake_config(tmp_path)
+    model = SharedVLLMChatModel(config)
+    attached: list[float] = []
+    original = model._attach
+
+    async def counted() -> None:
+        attached.append(time.monotonic())
+        await original()
+
+    model._attach = counted  # type: ignore[method-assign]
+
+    async def burst() -> list[str]:
+        async def one(index: int) -> str:
+            said = [{"role": "user", "content": str(index)}]
+            return (await model.generate(said, None, Sampling())).text
+
+        return await asyncio.gather(*(one(index) for index in range(50)))
+
+    answers = [json.loads(text) for text in asyncio.run(burst())]
+    assert len(attached) == 1
+    assert sorted(int(answer["said"]) for answer in answers) == list(range(50))
+    pids = running(config)
+    close(model)
+    wait_until(lambda: stopped(config, pids))
+
+
+def test_a_folder_shared_across_pid_namespaces_is_refused(tmp_path: Path) -> None:
+    """Another container's pids mean nothing here: its live server would look dead."""
+    config = fake_config(tmp_path)
+    folder = engine_folder(config)
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text(json.dumps({
+        "supervisor": 1, "supervisor_id": "1", "port": 1, "url": "x", "status": "ready",
+        "error": None, "pidns": "pid:[1]",
+    }))
+    model = SharedVLLMChatModel(config)
+    with pytest.raises(ModelError, match="another pid namespace"):
+        ask(model, "hello")
+    assert starts(folder) == 0
