@@ -122,6 +122,7 @@ class SharedVLLMChatModel(OpenAIChatModel):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         self.folder = engine_folder(config)
+        self._key = config.key()  # progress names the engine by the config's key
         self._lease: EngineLease | None = None
         self._attaching: asyncio.Task[None] | None = None
         self._checked = 0.0
@@ -149,7 +150,7 @@ class SharedVLLMChatModel(OpenAIChatModel):
         return await super()._post(body)
 
     async def _attach(self) -> None:
-        event = {"engine_key": self.config.key(), "engine_model": self.name}
+        event = {"engine_key": self._key, "engine_model": self.name}
         started = time.monotonic()
         engine_log.info("starting or joining the shared engine for %s", self.name,
                         extra={**event, "engine_event": "start"})
@@ -158,6 +159,7 @@ class SharedVLLMChatModel(OpenAIChatModel):
         except EngineServerError as exc:
             raise ModelError(str(exc)) from exc
         self._url = url.rstrip("/") + "/chat/completions"
+        self.config = self.config.model_copy(update={"base_url": url})  # for messages
         seconds = time.monotonic() - started
         engine_log.info("engine for %s ready in %.0f s", self.name, seconds,
                         extra={**event, "engine_event": "ready", "seconds": seconds})
