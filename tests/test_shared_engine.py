@@ -228,6 +228,7 @@ def test_a_server_that_never_comes_up_fails_with_its_log(tmp_path: Path) -> None
 
 def test_the_server_command_carries_the_engine_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("simulators.llm.server_backend.resolve_model_path", lambda m: f"/w/{m}")
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
     config = ModelConfig(
         backend="vllm-server", preset="qwen3-235b-a22b", model="/models/Qwen3",
         gpu_memory_utilization=0.85, quantization="fp8", enable_expert_parallel=True,
@@ -250,6 +251,8 @@ def test_the_server_command_carries_the_engine_settings(monkeypatch: pytest.Monk
     assert json.loads(embedded[embedded.index("--structured-outputs-config") + 1]) == {
         "backend": "xgrammar", "disable_any_whitespace": True}
     assert "--no-enable-chunked-prefill" in embedded  # the CPU build's fix, as in process
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # set by hand: it wins, as in process
+    assert "--kv-cache-memory-bytes" not in serve_command(ModelConfig(backend="vllm-server"))
 
 
 def test_settings_that_only_say_how_share_one_folder_and_count_as_local(tmp_path: Path) -> None:

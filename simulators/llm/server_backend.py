@@ -16,6 +16,7 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -85,7 +86,8 @@ def serve_command(config: ModelConfig) -> list[str]:
         command += ["--quantization", config.quantization]
     if config.gpu_memory_utilization is not None:
         command += ["--gpu-memory-utilization", str(config.gpu_memory_utilization)]
-    if config.kv_cache_gib is not None:  # as in process: bytes per engine; an env var still wins
+    if config.kv_cache_gib is not None and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        # As in process: bytes per engine, unless the (inherited) env var is set, which wins.
         command += ["--kv-cache-memory-bytes", str(int(config.kv_cache_gib * GIB))]
     if config.tool_call_mode == "native" and config.tool_call_parser:
         command += ["--enable-auto-tool-choice", "--tool-call-parser", config.tool_call_parser]
