@@ -263,3 +263,45 @@ def _free_port() -> int:
     from simulators.llm.engine_server import free_port
 
     return free_port()
+
+
+def test_many_requests_at_once_attach_once(tmp_path: Path) -> None:
+    config = fake_config(tmp_path)
+    model = SharedVLLMChatModel(config)
+    attached: list[float] = []
+    original = model._attach
+
+    async def counted() -> None:
+        attached.append(time.monotonic())
+        await original()
+
+    model._attach = counted  # type: ignore[method-assign]
+
+    async def burst() -> list[str]:
+        async def one(index: int) -> str:
+            said = [{"role": "user", "content": str(index)}]
+            return (await model.generate(said, None, Sampling())).text
+
+        return await asyncio.gather(*(one(index) for index in range(50)))
+
+    answers = [json.loads(text) for text in asyncio.run(burst())]
+    assert len(attached) == 1
+    assert sorted(int(answer["said"]) for answer in answers) == list(range(50))
+    pids = running(config)
+    close(model)
+    wait_until(lambda: stopped(config, pids))
+
+
+def test_a_folder_shared_across_pid_namespaces_is_refused(tmp_path: Path) -> None:
+    """Another container's pids mean nothing here: its live server would look dead."""
+    config = fake_config(tmp_path)
+    folder = engine_folder(config)
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text(json.dumps({
+        "supervisor": 1, "supervisor_id": "1", "port": 1, "url": "x", "status": "ready",
+        "error": None, "pidns": "pid:[1]",
+    }))
+    model = SharedVLLMChatModel(config)
+    with pytest.raises(ModelError, match="another pid namespace"):
+        ask(model, "hello")
+    assert starts(folder) == 0

@@ -123,6 +123,7 @@ class SharedVLLMChatModel(OpenAIChatModel):
         super().__init__(config)
         self.folder = engine_folder(config)
         self._lease: EngineLease | None = None
+        self._attaching: asyncio.Task[None] | None = None
         self._checked = 0.0
 
     def lease(self) -> EngineLease:
@@ -139,7 +140,12 @@ class SharedVLLMChatModel(OpenAIChatModel):
 
     async def _post(self, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
         if self._lease is None or self._lease.url is None:
-            await self._attach()
+            # Hundreds of requests arrive at once: one attaches, the others wait for it.
+            loop = asyncio.get_running_loop()
+            task = self._attaching
+            if task is None or task.get_loop() is not loop or task.done():
+                task = self._attaching = loop.create_task(self._attach())
+            await asyncio.shield(task)
         return await super()._post(body)
 
     async def _attach(self) -> None:
