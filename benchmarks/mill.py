@@ -10,7 +10,10 @@ and prints, from one run:
    - the process's CPU per model request: user + system time of the whole CLI process (startup,
      Beam, every stage, manifest, card; its worker processes too) over the requests answered;
    - idle intervals: the longest stretch with fewer than 64 requests in flight inside the run,
-     and the ramp and drain at its start and end.
+     and the ramp and drain at its start and end;
+   - what the run's own chains of requests allow: `benchmarks.schedule` replays them through a
+     model of the same server, as built, with every episode started at once, least progress
+     first, and with an oracle that knows each episode's length in advance.
 2. cores: a CPU-bound run (50 ms answers, slots to spare) in one process and with Beam's
    multi-process mode (`--direct_num_workers=2 --direct_running_mode=multi_processing`):
    requests per second of each, side by side, and whether the data sets are the same size with
@@ -133,6 +136,19 @@ def whole(args: argparse.Namespace, work: Path) -> None:
                       in_flight=args.in_flight)
         stats = server.stats(times=True)
     report_whole(run, stats)
+    from benchmarks import schedule
+
+    work = schedule.work_of(out)
+    bound = run["manifest"]["config"]["models"]["agent"]["max_in_flight"]
+    window = run["manifest"]["config"]["in_flight"]
+    print(f"model of this run's chains (benchmarks.schedule; client bound {bound}, stage window "
+          f"{window}; at a bound of {cap.slots}, the slots, in brackets):")
+    at_bound = schedule.model(work, slots=cap.slots, answer_s=cap.service_s(None), bound=bound,
+                              window=window)
+    at_slots = schedule.model(work, slots=cap.slots, answer_s=cap.service_s(None),
+                              bound=cap.slots, window=window)
+    print("  " + "; ".join(f"{name} {at_bound[name]:.3f} ({at_slots[name]:.3f})"
+                           for name in at_bound))
     if profile is not None:
         print(f"  py-spy profile (raw, collapsed stacks): {profile}")
         keep = Path(args.keep_profile) if args.keep_profile else None
@@ -223,7 +239,7 @@ def main() -> None:
     parser.add_argument("--token-ms", type=float, default=20.0)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--in-flight", type=int, help="the run's in_flight (default: its own)")
-    parser.add_argument("--cpu-episodes", type=int, default=600)
+    parser.add_argument("--cpu-episodes", type=int, default=1500)
     parser.add_argument("--cpu-answer-ms", type=float, default=50.0)
     parser.add_argument("--profile", action="store_true", help="record the whole run with py-spy")
     parser.add_argument("--keep-profile", help="copy the profile here")

@@ -112,7 +112,9 @@ _runs: dict[tuple[str, str | None], RunEnvironments] = {}
 def _environments(run_dir: str, config: str | None = None) -> RunEnvironments:
     key = (run_dir, config)
     if key not in _runs:
-        _runs[key] = RunEnvironments.open(run_dir, config)
+        envs = RunEnvironments.open(run_dir, config)
+        envs.require_sandbox()  # tasks with files and no sandbox here: say so, once, loudly
+        _runs[key] = envs
     return _runs[key]
 
 

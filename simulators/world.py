@@ -18,6 +18,7 @@ import copy
 import json
 import random
 import re
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -369,6 +370,21 @@ def _flat_schema(schema: dict[str, Any]) -> bool:
     return kind not in ("object", "array") and "properties" not in schema
 
 
+_fakers = threading.local()
+
+
+def _faker(locale: str) -> Faker:
+    """One Faker per locale and thread, reseeded for every world: building one costs ~3 ms,
+    half of what a world took (a profile of the whole mill put it at ~4 % of the CPU)."""
+    kept: dict[str, Faker] | None = getattr(_fakers, "by_locale", None)
+    if kept is None:
+        kept = _fakers.by_locale = {}
+    fake = kept.get(locale)
+    if fake is None:
+        fake = kept[locale] = Faker(locale)
+    return fake
+
+
 def build_world(tools: Iterable[ToolSpec], key: str, per_collection: int = RECORDS_PER_COLLECTION,
                 locale: str = "en_US",
                 ranges: tuple[tuple[str, float, float], ...] = ()) -> JsonObject:
@@ -379,7 +395,7 @@ def build_world(tools: Iterable[ToolSpec], key: str, per_collection: int = RECOR
     """
     tools = list(tools)
     context = values.Context(tool_words(tools), ranges)
-    fake = Faker(locale)
+    fake = _faker(locale)
     seed = random.Random(key).getrandbits(32)
     fake.seed_instance(seed)
     rng = random.Random(seed)

@@ -7,6 +7,8 @@ import asyncio
 import json
 from pathlib import Path
 
+import pytest
+
 from filters.reward import score_trajectory
 from simulators.episode import EpisodeConfig, RoleClients, run_episode
 from simulators.persona import make_persona
@@ -201,6 +203,13 @@ def test_a_machine_without_a_sandbox_stops_every_command_at_start(
     served = cli.invoke(app, ["serve-env", str(coding_run), "--port", "1"])
     assert served.exit_code == 2, served.output
     assert "sandbox unavailable" in said(served) and "serving" not in said(served)
+
+    from pipelines import verl_env
+    from simulators.sandbox import SandboxUnavailable
+
+    # verl's workers open the run when the first rollout starts: the same error there.
+    with pytest.raises(SandboxUnavailable, match=r"2 of 2 task\(s\) bring files.*bubblewrap"):
+        verl_env._environments(str(coding_run))
 
     # Tasks without files need no sandbox: they still play on such a machine.
     fine = cli.invoke(app, ["rollout", str(retail_run), "--out", str(tmp_path / "retail_out"),

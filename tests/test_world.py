@@ -259,3 +259,22 @@ def test_trajectory_lists_the_faults_it_got() -> None:
     call_ids = {c.id for m in trajectory.messages for c in m.tool_calls or []}
     assert trajectory.injected_faults
     assert {f.tool_call_id for f in trajectory.injected_faults} <= call_ids
+
+
+def test_a_world_does_not_depend_on_the_worlds_built_before_it() -> None:
+    """Fakers are kept per process and thread and reseeded per world: no state may carry over
+    (the same key gives the same world first, after others, and on another thread)."""
+    import threading
+
+    domains = sorted(by_domain(load_library()).items())
+    (first, tools), *others = domains
+    alone: list[object] = []
+    thread = threading.Thread(target=lambda: alone.append(build_world(tools, key=first)))
+    thread.start()
+    thread.join()
+    for name, other in others:
+        build_world(other, key=name, locale="en_US")
+    again = build_world(tools, key=first)
+    assert again == alone[0]
+    assert json.dumps(again, sort_keys=True) == json.dumps(build_world(tools, key=first),
+                                                           sort_keys=True)

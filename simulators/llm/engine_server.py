@@ -25,7 +25,8 @@ server outlives the pipeline. Here the same shape is kept, with a lifetime:
 
 Standard library only: the supervisor imports nothing else, so it starts in a fraction of a second
 and holds no model code. Leases are pids, so all clients must share one pid namespace and one
-folder (one machine or container).
+folder (one machine or container); a client from another pid namespace is refused with that
+reason rather than mistaking a live server for a dead one.
 """
 
 from __future__ import annotations
@@ -87,6 +88,14 @@ def process_id(pid: int) -> str | None:
     if fields[0] in ("Z", "X"):  # dead, only waiting to be reaped
         return None
     return fields[19]
+
+
+def pid_namespace() -> str:
+    """This process's pid namespace (`pid:[inode]`); '' where there is no procfs."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
 
 
 def alive(pid: int, ident: str | None) -> bool:
@@ -224,6 +233,15 @@ class EngineLease:
         while True:
             with locked(self.folder):
                 state = read_json(self.folder / "state.json")
+                theirs, mine = (state or {}).get("pidns"), pid_namespace()
+                if theirs and theirs != mine:
+                    # Its pids mean nothing here: a live server would look dead and be replaced.
+                    raise EngineServerError(
+                        f"{self.name}: {self.folder} belongs to a server started in another pid "
+                        f"namespace ({theirs}; this process: {mine}), e.g. another container: "
+                        "give each container its own engine_dir, or run the worker processes "
+                        "in one container (delete the folder if that server is gone)"
+                    )
                 live = bool(state) and alive(state["supervisor"], state.get("supervisor_id"))
                 if not (live and state["status"] == "stopping"):  # type: ignore[index]
                     self.lease.touch()
@@ -257,6 +275,7 @@ class EngineLease:
             "url": f"http://127.0.0.1:{port}/v1",
             "status": "starting",
             "error": None,
+            "pidns": pid_namespace(),
         })
 
     def _wait_ready(self, deadline: float) -> str:
