@@ -23,14 +23,15 @@ ENV DEBIAN_FRONTEND=noninteractive \
     AGENTMILL_CACHE=/opt/agentmill-cache \
     VLLM_LOGGING_LEVEL=ERROR
 
-# Ubuntu 22.04 ships Python 3.10; the deadsnakes archive has 3.11.
+# Ubuntu 22.04 ships Python 3.10; the deadsnakes archive has 3.11. bubblewrap: the sandbox of
+# tasks with files (coding, office); without it such episodes refuse to run (never unconfined).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends software-properties-common ca-certificates \
  && add-apt-repository -y ppa:deadsnakes/ppa \
  && apt-get update \
  && apt-get install -y --no-install-recommends \
       python${PYTHON_VERSION} python${PYTHON_VERSION}-venv python${PYTHON_VERSION}-dev \
-      build-essential \
+      build-essential bubblewrap \
  && rm -rf /var/lib/apt/lists/* \
  && python${PYTHON_VERSION} -m venv /opt/venv \
  && pip install --upgrade pip

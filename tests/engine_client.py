@@ -1,8 +1,8 @@
 """`python -m tests.engine_client CONFIG_JSON REQUESTS HOLD_S [close|exit] [SCHEMA_JSON]`: one
 worker process of the shared-engine tests. It sends REQUESTS requests through the `vllm-server`
 backend (constrained to SCHEMA_JSON if given), prints `served <json answers>` and `url <server>`,
-holds its lease HOLD_S seconds, then closes its client (`close`) or just exits (`exit`: no
-cleanup, like a crashed worker).
+holds its lease HOLD_S seconds, then closes its client (`close`), sends the requests once more
+and closes (`again`), or just exits (`exit`: no cleanup, like a crashed worker).
 """
 
 from __future__ import annotations
@@ -32,7 +32,15 @@ async def main(
     print("served", json.dumps(answers), flush=True)
     print("url", getattr(model, "_url", ""), flush=True)
     time.sleep(hold_s)
-    if how == "close":
+    if how == "again":  # a second round, e.g. after the test killed the server's supervisor
+        again = []
+        for index in range(requests):
+            said = f"{os.getpid()}:again{index}"
+            raw = await model.generate([{"role": "user", "content": said}], schema,
+                                       Sampling(seed=index, max_tokens=64))
+            again.append(raw.text)
+        print("served", json.dumps(again), flush=True)
+    if how in ("close", "again"):
         await model.close()
     else:
         os._exit(0)

@@ -25,7 +25,7 @@ from simulators.llm.base import Sampling
 from simulators.llm.config import ModelConfig
 from simulators.llm.engine_server import alive, process_id, read_json, starts
 from simulators.llm.engines import engines
-from simulators.llm.errors import ModelError
+from simulators.llm.errors import ModelError, ModelUnavailable
 from simulators.llm.server_backend import SharedVLLMChatModel, engine_folder, serve_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +57,8 @@ def served(process: subprocess.Popen[str]) -> list[dict[str, Any]]:
     """The answers a client process printed (read as soon as it prints them)."""
     assert process.stdout is not None
     line = process.stdout.readline()
+    while line.startswith("url "):
+        line = process.stdout.readline()
     assert line.startswith("served "), (line, process.stderr.read() if process.stderr else "")
     return [json.loads(text) for text in json.loads(line[len("served "):])]
 
@@ -226,6 +228,7 @@ def test_a_server_that_never_comes_up_fails_with_its_log(tmp_path: Path) -> None
 
 def test_the_server_command_carries_the_engine_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("simulators.llm.server_backend.resolve_model_path", lambda m: f"/w/{m}")
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
     config = ModelConfig(
         backend="vllm-server", preset="qwen3-235b-a22b", model="/models/Qwen3",
         gpu_memory_utilization=0.85, quantization="fp8", enable_expert_parallel=True,
@@ -248,6 +251,8 @@ def test_the_server_command_carries_the_engine_settings(monkeypatch: pytest.Monk
     assert json.loads(embedded[embedded.index("--structured-outputs-config") + 1]) == {
         "backend": "xgrammar", "disable_any_whitespace": True}
     assert "--no-enable-chunked-prefill" in embedded  # the CPU build's fix, as in process
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # set by hand: it wins, as in process
+    assert "--kv-cache-memory-bytes" not in serve_command(ModelConfig(backend="vllm-server"))
 
 
 def test_settings_that_only_say_how_share_one_folder_and_count_as_local(tmp_path: Path) -> None:
@@ -305,3 +310,38 @@ def test_a_folder_shared_across_pid_namespaces_is_refused(tmp_path: Path) -> Non
     with pytest.raises(ModelError, match="another pid namespace"):
         ask(model, "hello")
     assert starts(folder) == 0
+
+
+def test_a_dead_supervisor_is_replaced_once_for_all_the_processes_that_notice(
+    tmp_path: Path,
+) -> None:
+    config = fake_config(tmp_path)
+    workers = [client(config, 2, 2.0, "again") for _ in range(3)]
+    before = {answer["server"] for worker in workers for answer in served(worker)}
+    pids = running(config)
+    assert before == {pids[1]}
+    os.kill(pids[0], signal.SIGKILL)  # supervisor gone, its server follows it
+    wait_until(lambda: pid_gone(pids[1]))
+    # Each worker's next requests are refused; each looks at the state, and under the lock the
+    # first starts a new supervisor while the others join it.
+    after = {answer["server"] for worker in workers for answer in served(worker)}
+    new = running(config)
+    assert after == {new[1]} and new[1] != pids[1]
+    assert starts(engine_folder(config)) == 2
+    for worker in workers:
+        assert worker.wait(timeout=30) == 0
+    wait_until(lambda: stopped(config, new))
+
+
+def test_a_server_dead_past_its_restarts_stops_the_waiting_requests(tmp_path: Path) -> None:
+    config = fake_config(tmp_path, engine_restarts=0)
+    model = SharedVLLMChatModel(config)
+    ask(model, "before")
+    supervisor, server = running(config)
+    os.kill(server, signal.SIGKILL)
+    began = time.monotonic()
+    with pytest.raises(ModelUnavailable, match="exited with code -9"):
+        ask(model, "after")
+    assert time.monotonic() - began < 10, "not the whole server_wait_s"
+    close(model)
+    wait_until(lambda: stopped(config, [supervisor, server]))

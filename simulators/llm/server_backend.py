@@ -16,6 +16,7 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -85,7 +86,8 @@ def serve_command(config: ModelConfig) -> list[str]:
         command += ["--quantization", config.quantization]
     if config.gpu_memory_utilization is not None:
         command += ["--gpu-memory-utilization", str(config.gpu_memory_utilization)]
-    if config.kv_cache_gib is not None:  # as in process: bytes per engine; an env var still wins
+    if config.kv_cache_gib is not None and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        # As in process: bytes per engine, unless the (inherited) env var is set, which wins.
         command += ["--kv-cache-memory-bytes", str(int(config.kv_cache_gib * GIB))]
     if config.tool_call_mode == "native" and config.tool_call_parser:
         command += ["--enable-auto-tool-choice", "--tool-call-parser", config.tool_call_parser]
@@ -122,6 +124,7 @@ class SharedVLLMChatModel(OpenAIChatModel):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         self.folder = engine_folder(config)
+        self._key = config.key()  # progress names the engine by the config's key
         self._lease: EngineLease | None = None
         self._attaching: asyncio.Task[None] | None = None
         self._checked = 0.0
@@ -149,7 +152,7 @@ class SharedVLLMChatModel(OpenAIChatModel):
         return await super()._post(body)
 
     async def _attach(self) -> None:
-        event = {"engine_key": self.config.key(), "engine_model": self.name}
+        event = {"engine_key": self._key, "engine_model": self.name}
         started = time.monotonic()
         engine_log.info("starting or joining the shared engine for %s", self.name,
                         extra={**event, "engine_event": "start"})
@@ -158,6 +161,7 @@ class SharedVLLMChatModel(OpenAIChatModel):
         except EngineServerError as exc:
             raise ModelError(str(exc)) from exc
         self._url = url.rstrip("/") + "/chat/completions"
+        self.config = self.config.model_copy(update={"base_url": url})  # for messages
         seconds = time.monotonic() - started
         engine_log.info("engine for %s ready in %.0f s", self.name, seconds,
                         extra={**event, "engine_event": "ready", "seconds": seconds})
