@@ -381,6 +381,35 @@ def test_a_client_in_another_pid_namespace_shares_the_server_and_its_sigkill_sto
           f"(lease timeout {timeout} s, linger {config.engine_linger_s} s)")
 
 
+@pytest.mark.skipif(_other_namespaces() is not None, reason=str(_other_namespaces()))
+def test_a_server_started_in_a_namespace_that_ends_is_replaced_by_another_namespace(
+    tmp_path: Path,
+) -> None:
+    """The server lives in the container of the client that started it; when that container
+    ends, so do its supervisor and server, and a client elsewhere starts a new one once the
+    supervisor's beat is stale (it cannot see those pids)."""
+    timeout = 2.0
+    config = fake_config(tmp_path, engine_lease_timeout_s=timeout)
+    other = client(config, 1, 600.0, prefix=UNSHARE)
+    served(other)
+    first = state(config)
+    assert first is not None and first["pidns"] != os.readlink("/proc/self/ns/pid")
+    model = SharedVLLMChatModel(config)
+    ask(model, "joined")
+    assert starts(engine_folder(config)) == 1, "joined the other namespace's server"
+    os.kill(_inner(other), signal.SIGKILL)  # its pid 1: the whole namespace ends
+    other.wait(timeout=10)
+    ended = time.monotonic()
+    ask(model, "after")
+    waited = time.monotonic() - ended
+    assert starts(engine_folder(config)) == 2
+    assert waited >= timeout * 0.7, f"replaced after {waited:.1f} s"
+    pids = running(config)  # now a supervisor of this namespace
+    assert state(config)["url"] == first["url"]  # type: ignore[index]
+    close(model)
+    wait_until(lambda: stopped(config, pids))
+
+
 def test_a_stalled_client_loses_its_lease_and_joins_anew_when_it_resumes(
     tmp_path: Path,
 ) -> None:
