@@ -435,6 +435,34 @@ def test_a_stalled_client_loses_its_lease_and_joins_anew_when_it_resumes(
     wait_until(lambda: state(config) is None)
 
 
+def test_a_stalled_client_takes_its_lease_again_while_others_keep_the_server(
+    tmp_path: Path,
+) -> None:
+    timeout = 1.5
+    config = fake_config(tmp_path, engine_lease_timeout_s=timeout)
+    keeper = client(config, 1, 600.0)
+    served(keeper)
+    pids = running(config)
+    stalled = client(config, 1, 6.0, "again")
+    served(stalled)
+    leases = engine_folder(config) / "leases"
+    mine = lease_name(stalled.pid)
+    stalled.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: not (leases / mine).exists(), timeout=timeout + 10)
+        assert running(config) == pids, "the keeper's lease keeps the server"
+    finally:
+        stalled.send_signal(signal.SIGCONT)
+    # its heartbeat takes it again within a beat or two, before its next requests (at 6 s)
+    wait_until(lambda: (leases / mine).exists(), timeout=1.5)
+    assert {answer["server"] for answer in served(stalled)} == {pids[1]}
+    assert starts(engine_folder(config)) == 1
+    assert stalled.wait(timeout=30) == 0
+    keeper.send_signal(signal.SIGKILL)
+    keeper.wait(timeout=10)
+    wait_until(lambda: stopped(config, pids))
+
+
 def test_a_dead_supervisor_is_replaced_once_for_all_the_processes_that_notice(
     tmp_path: Path,
 ) -> None:
