@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +144,30 @@ def read_rows(
         if limit is not None and len(rows) >= limit:
             return rows[:limit]
     return rows
+
+
+def iter_rows(
+    path: str | Path, columns: list[str], batch_rows: int = 512
+) -> Iterator[dict[str, Any]]:
+    """Rows of a folder's Parquet files (only `columns`; ones a file lacks read as None), a
+    batch at a time, so a large output (every trajectory's messages) is never whole in memory.
+    A missing folder raises FileNotFoundError."""
+    for file in parquet_files(path):
+        source = _open(file)
+        try:
+            parquet = pq.ParquetFile(source)
+            present = set(parquet.schema_arrow.names)
+            wanted = [c for c in columns if c in present]
+            if not wanted:
+                for _ in range(parquet.metadata.num_rows):
+                    yield dict.fromkeys(columns)
+                continue
+            for batch in parquet.iter_batches(batch_size=batch_rows, columns=wanted):
+                for row in batch.to_pylist():
+                    yield {c: row.get(c) for c in columns}
+        finally:
+            if source is not file:
+                source.close()
 
 
 def read_column(path: str | Path, name: str) -> list[Any]:

@@ -11,10 +11,11 @@ import json
 import math
 import statistics
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from pipelines import storage
-from pipelines.parquet_io import read_column, read_table
+from pipelines.parquet_io import iter_rows, read_column
 
 JUDGE_REJECTED = "judge: score below threshold"
 
@@ -76,12 +77,27 @@ def _mean(values: list[float]) -> float | None:
     return round(statistics.fmean(values), 3) if values else None
 
 
-def _rows(folder: Any, columns: list[str]) -> list[dict[str, Any]]:
+def _rows(
+    folder: Any, columns: list[str], keep: Callable[[dict[str, Any]], dict[str, Any]] = dict
+) -> list[dict[str, Any]]:
+    """What `keep` takes of each row, read a batch at a time: the stats of a large run hold a
+    few numbers per trajectory, never every trajectory's messages at once."""
     try:
-        table = read_table(folder, columns)
+        return [keep(row) for row in iter_rows(folder, columns)]
     except FileNotFoundError:
         return []
-    return [] if table is None else table.to_pylist()
+
+
+def _episode(row: dict[str, Any]) -> dict[str, Any]:
+    messages = row["messages"]
+    return {"turns": int(row["turns"] or 0), "calls": tool_calls(messages),
+            "tool_error": has_tool_error(messages), "domain": row["domain"],
+            "end_reason": row["end_reason"]}
+
+
+def _passed(row: dict[str, Any]) -> dict[str, Any]:
+    tokens = approx_tokens(message_text(row["messages"]) + (row["tools"] or ""))
+    return {"tokens": tokens, **{k: row[k] for k in ("judge_score", "reward", "judge_agreement")}}
 
 
 def _committee_and_reward(
@@ -106,11 +122,15 @@ def run_stats(out: str | Any, manifest: dict[str, Any] | None = None) -> dict[st
     """Everything the card and `agentmill stats` report about the run in `out`."""
     out = storage.run_path(out)
     manifest = manifest if manifest is not None else read_manifest(out)
-    episodes = _rows(out / "trajectories", ["messages", "turns", "domain", "end_reason"])
-    turns = [int(r["turns"] or 0) for r in episodes]
-    calls = [tool_calls(r["messages"]) for r in episodes]
+    episodes = _rows(
+        out / "trajectories", ["messages", "turns", "domain", "end_reason"], _episode
+    )
+    turns = [r["turns"] for r in episodes]
+    calls = [r["calls"] for r in episodes]
     # `reward` and `judge_agreement` read as nulls from runs made before they existed.
-    sft = _rows(out / "sft", ["messages", "tools", "judge_score", "reward", "judge_agreement"])
+    sft = _rows(
+        out / "sft", ["messages", "tools", "judge_score", "reward", "judge_agreement"], _passed
+    )
     rejected = _rows(
         out / "rejected", ["judge_score", "failed_checks", "reward", "judge_agreement"]
     )
@@ -129,7 +149,7 @@ def run_stats(out: str | Any, manifest: dict[str, Any] | None = None) -> dict[st
 
     usage = manifest.get("tokens", {})
     config = manifest.get("config", {})
-    sft_tokens = sum(approx_tokens(message_text(r["messages"]) + (r["tools"] or "")) for r in sft)
+    sft_tokens = sum(r["tokens"] for r in sft)
     return {
         "name": out.name,
         "fingerprint": manifest.get("fingerprint"),
@@ -165,7 +185,7 @@ def run_stats(out: str | Any, manifest: dict[str, Any] | None = None) -> dict[st
             "mean_turns": _mean(turns),
             "mean_tool_calls": _mean(calls),
             "with_tool_call": sum(1 for c in calls if c),
-            "with_tool_error": sum(1 for r in episodes if has_tool_error(r["messages"])),
+            "with_tool_error": sum(1 for r in episodes if r["tool_error"]),
             "end_reasons": dict(Counter(r["end_reason"] for r in episodes).most_common()),
         },
         "domains": dict(Counter(r["domain"] for r in episodes).most_common()),

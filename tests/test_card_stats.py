@@ -311,3 +311,29 @@ def test_card_snippet_loads_only_folders_with_rows(scripted_run: Path, tmp_path:
     exec(snippet, scope)  # the lines a user would paste
     assert len(scope["rejected"]) == manifest["counts"]["rejected"]
     assert len(scope["rl"]) == manifest["counts"]["rl"]
+
+
+def test_stats_read_a_batch_at_a_time_and_agree_with_the_rows(
+    scripted_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stats hold a few numbers per trajectory, read in small batches (a large run's messages
+    never whole in memory), and those numbers are the ones the rows on disk give."""
+    import pipelines.stats as stats_module
+    from pipelines.parquet_io import iter_rows
+    from pipelines.stats import approx_tokens, has_tool_error, message_text, tool_calls
+
+    tiny = lambda path, columns: iter_rows(path, columns, batch_rows=1)  # noqa: E731
+    monkeypatch.setattr(stats_module, "iter_rows", tiny)
+    numbers = run_stats(scripted_run)
+    trajectories = read_rows(scripted_run / "trajectories")
+    sft = read_rows(scripted_run / "sft")
+    assert numbers["series"]["tool_calls"] == [tool_calls(r["messages"]) for r in trajectories]
+    assert numbers["series"]["turns"] == [r["turns"] for r in trajectories]
+    assert numbers["episodes"]["with_tool_error"] == sum(
+        1 for r in trajectories if has_tool_error(r["messages"]))
+    assert numbers["tokens"]["sft_estimate"] == sum(
+        approx_tokens(message_text(r["messages"]) + (r["tools"] or "")) for r in sft)
+    # A column a file lacks (older runs) reads as None, row by row.
+    rows = list(iter_rows(scripted_run / "trajectories", ["id", "not_a_column"], batch_rows=2))
+    assert [r["id"] for r in rows] == [r["id"] for r in trajectories]
+    assert all(r["not_a_column"] is None for r in rows)
