@@ -364,8 +364,10 @@ def compute_score(
 
     With the Interaction, the user's last turn score. Without it (verl 0.9.1's tool-only loop),
     the rollout the tools left in `extra_fields` (or, when the policy made no call at all, the
-    untouched world) scored with the agent's final words. A rollout cut off before the user
-    ended it (b178a3c) has no final world, so no outcome: it scores 0 and says so."""
+    untouched world) scored with the agent's final words; a rollout with calls whose record
+    did not arrive (a reward path that drops `extra_fields`) is not guessed at: 0, unfinished.
+    A rollout cut off before the user ended it (b178a3c) has no final world, so no outcome: it
+    scores 0 and says so."""
     info = extra_info or {}
     scores = [s for s in info.get("turn_scores") or [] if s is not None]
     if scores:
@@ -374,7 +376,9 @@ def compute_score(
     if isinstance(record, str):
         return _score_record(json.loads(record), solution_str)
     binding = _row_binding(info)
-    if binding is not None and not _verl_has_interactions():
+    turns = info.get("num_turns")
+    no_calls = turns is None or int(turns) <= 2  # 0.9.1: system+user, one assistant turn
+    if binding is not None and no_calls and not _verl_has_interactions():
         return _score_record(binding, solution_str)
     return {"score": 0.0, "finished": False}
 

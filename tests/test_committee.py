@@ -122,7 +122,8 @@ def test_the_fingerprint_of_a_config_without_a_committee_is_unchanged() -> None:
         for field in ("api_key", "server_wait_s", "engine_restarts"):
             body["models"][role].pop(field, None)
         # Fields the vllm-server backend added later; unset, they leave the fingerprint alone.
-        for field in ("engine_dir", "engine_linger_s", "engine_start_s", "server_command"):
+        for field in ("engine_dir", "engine_linger_s", "engine_start_s", "server_command",
+                      "engine_lease_timeout_s"):
             body["models"][role].pop(field, None)
     del body["judge"]["models"], body["judge"]["voting"]
     before = hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,14 @@ import pytest
 from simulators.llm import registry
 from simulators.llm.base import Sampling
 from simulators.llm.config import ModelConfig
-from simulators.llm.engine_server import alive, process_id, read_json, starts
+from simulators.llm.engine_server import (
+    alive,
+    lease_name,
+    namespace_id,
+    process_id,
+    read_json,
+    starts,
+)
 from simulators.llm.engines import engines
 from simulators.llm.errors import ModelError, ModelUnavailable
 from simulators.llm.server_backend import SharedVLLMChatModel, engine_folder, serve_command
@@ -43,12 +51,13 @@ def fake_config(tmp_path: Path, startup_s: float = 0.5, **fields: Any) -> ModelC
 
 
 def client(config: ModelConfig, requests: int, hold_s: float, how: str = "close",
-           *schema: str) -> subprocess.Popen[str]:
-    """A worker process (`tests/engine_client.py`); `schema`: an optional JSON schema text."""
+           *schema: str, prefix: tuple[str, ...] = ()) -> subprocess.Popen[str]:
+    """A worker process (`tests/engine_client.py`); `schema`: an optional JSON schema text;
+    `prefix`: a command to run it under (e.g. `unshare` for another pid namespace)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.engine_client", config.model_dump_json(), str(requests),
-         str(hold_s), how, *schema],
+        [*prefix, sys.executable, "-m", "tests.engine_client", config.model_dump_json(),
+         str(requests), str(hold_s), how, *schema],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -186,7 +195,7 @@ def test_stale_state_and_leases_left_by_a_crash_do_not_block_a_new_run(tmp_path:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
     dead_pid = int(dead.stdout)
-    (folder / "leases" / f"{dead_pid}-12345").touch()
+    (folder / "leases" / f"{namespace_id()}-{dead_pid}-12345").touch()
     (folder / "state.json").write_text(json.dumps({
         "supervisor": dead_pid, "supervisor_id": "12345", "port": _free_port(),
         "url": "x", "status": "ready", "error": None,
@@ -194,9 +203,7 @@ def test_stale_state_and_leases_left_by_a_crash_do_not_block_a_new_run(tmp_path:
     model = SharedVLLMChatModel(config)
     ask(model, "hello")
     pids = running(config)
-    assert [lease.name for lease in (folder / "leases").iterdir()] == [
-        f"{os.getpid()}-{process_id(os.getpid())}"
-    ]
+    assert [lease.name for lease in (folder / "leases").iterdir()] == [lease_name(os.getpid())]
     close(model)
     wait_until(lambda: stopped(config, pids))
 
@@ -297,19 +304,163 @@ def test_many_requests_at_once_attach_once(tmp_path: Path) -> None:
     wait_until(lambda: stopped(config, pids))
 
 
-def test_a_folder_shared_across_pid_namespaces_is_refused(tmp_path: Path) -> None:
-    """Another container's pids mean nothing here: its live server would look dead."""
-    config = fake_config(tmp_path)
-    folder = engine_folder(config)
-    folder.mkdir(parents=True)
-    (folder / "state.json").write_text(json.dumps({
-        "supervisor": 1, "supervisor_id": "1", "port": 1, "url": "x", "status": "ready",
-        "error": None, "pidns": "pid:[1]",
-    }))
+def test_another_namespaces_supervisor_is_judged_by_its_heartbeat_not_its_pid(
+    tmp_path: Path,
+) -> None:
+    """State written from another pid namespace: its pids mean nothing here, so a client joins
+    while the supervisor's beat is fresh, and replaces it only once the beat is stale."""
+    timeout = 2.0
+    config = fake_config(tmp_path, engine_lease_timeout_s=timeout)
+    first = SharedVLLMChatModel(config)
+    ask(first, "first")
+    supervisor, server = running(config)
+    path = engine_folder(config) / "state.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "pidns": "pid:[1]"}))
+    second = SharedVLLMChatModel(config)
+    assert ask(second, "second")["server"] == server, "joined, not refused nor started anew"
+    assert starts(engine_folder(config)) == 1
+    os.kill(supervisor, signal.SIGKILL)  # its server follows it; only the beat tells
+    killed = time.monotonic()
+    answer = ask(second, "after")
+    waited = time.monotonic() - killed
+    assert answer["server"] != server and starts(engine_folder(config)) == 2
+    assert waited >= timeout * 0.7, f"replaced after {waited:.1f} s: judged by pid, not beat"
+    pids = running(config)
+    close(first)
+    close(second)
+    wait_until(lambda: stopped(config, pids))
+
+
+UNSHARE = ("unshare", "--pid", "--fork", "--mount-proc")
+
+
+def _other_namespaces() -> str | None:
+    """Why a client cannot run in another pid namespace here, or None when it can."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return "needs root and util-linux's unshare for a client in another pid namespace"
+    probe = subprocess.run([*UNSHARE, "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"unshare --pid refused here: {probe.stderr.strip()}"
+    return None
+
+
+def _inner(process: subprocess.Popen[str]) -> int:
+    """The client process `unshare --fork` started (its pid as this namespace sees it)."""
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+@pytest.mark.skipif(_other_namespaces() is not None, reason=str(_other_namespaces()))
+def test_a_client_in_another_pid_namespace_shares_the_server_and_its_sigkill_stops_it(
+    tmp_path: Path,
+) -> None:
+    timeout = 2.0
+    config = fake_config(tmp_path, engine_lease_timeout_s=timeout)
+    host = client(config, 1, 1.0)
+    served(host)
+    pids = running(config)
+    other = client(config, 2, 600.0, prefix=UNSHARE)  # e.g. another SDK container
+    answers = served(other)
+    assert {answer["server"] for answer in answers} == {pids[1]}, "attached, not refused"
+    assert [answer["said"] for answer in answers] == ["1:0", "1:1"], "pid 1 of its namespace"
+    assert starts(engine_folder(config)) == 1
+    assert host.wait(timeout=30) == 0
+    leases = [lease.name for lease in (engine_folder(config) / "leases").iterdir()]
+    assert len(leases) == 1 and not leases[0].startswith(namespace_id() + "-"), leases
+    time.sleep(2 * timeout)  # its pid means nothing here: its heartbeats keep the server
+    assert running(config) == pids
+    os.kill(_inner(other), signal.SIGKILL)
+    killed = time.monotonic()
+    wait_until(lambda: stopped(config, pids), timeout=timeout + 10)
+    took = time.monotonic() - killed
+    # dropped once its lease is `timeout` old (last beat up to timeout/5 before the kill)
+    assert took >= timeout * 0.8 - 0.1, f"stopped {took:.1f} s after the kill"
+    other.wait(timeout=10)
+    print(f"server stopped {took:.1f} s after the other namespace's client was SIGKILLed "
+          f"(lease timeout {timeout} s, linger {config.engine_linger_s} s)")
+
+
+@pytest.mark.skipif(_other_namespaces() is not None, reason=str(_other_namespaces()))
+def test_a_server_started_in_a_namespace_that_ends_is_replaced_by_another_namespace(
+    tmp_path: Path,
+) -> None:
+    """The server lives in the container of the client that started it; when that container
+    ends, so do its supervisor and server, and a client elsewhere starts a new one once the
+    supervisor's beat is stale (it cannot see those pids)."""
+    timeout = 2.0
+    config = fake_config(tmp_path, engine_lease_timeout_s=timeout)
+    other = client(config, 1, 600.0, prefix=UNSHARE)
+    served(other)
+    first = state(config)
+    assert first is not None and first["pidns"] != os.readlink("/proc/self/ns/pid")
     model = SharedVLLMChatModel(config)
-    with pytest.raises(ModelError, match="another pid namespace"):
-        ask(model, "hello")
-    assert starts(folder) == 0
+    ask(model, "joined")
+    assert starts(engine_folder(config)) == 1, "joined the other namespace's server"
+    os.kill(_inner(other), signal.SIGKILL)  # its pid 1: the whole namespace ends
+    other.wait(timeout=10)
+    ended = time.monotonic()
+    ask(model, "after")
+    waited = time.monotonic() - ended
+    assert starts(engine_folder(config)) == 2
+    assert waited >= timeout * 0.7, f"replaced after {waited:.1f} s"
+    pids = running(config)  # now a supervisor of this namespace
+    assert state(config)["url"] == first["url"]  # type: ignore[index]
+    close(model)
+    wait_until(lambda: stopped(config, pids))
+
+
+def test_a_stalled_client_loses_its_lease_and_joins_anew_when_it_resumes(
+    tmp_path: Path,
+) -> None:
+    timeout = 1.5
+    config = fake_config(tmp_path, engine_lease_timeout_s=timeout)
+    worker = client(config, 1, 6.0, "again")
+    first = served(worker)
+    pids = running(config)
+    worker.send_signal(signal.SIGSTOP)  # alive, but its heartbeat stalls
+    stalled = time.monotonic()
+    try:
+        wait_until(lambda: stopped(config, pids), timeout=timeout + 10)
+        took = time.monotonic() - stalled
+        assert took >= timeout * 0.8 - 0.1, f"stopped {took:.1f} s after SIGSTOP"
+        assert alive(worker.pid, process_id(worker.pid)), "the client itself lives on"
+        assert list((engine_folder(config) / "leases").iterdir()) == []
+    finally:
+        worker.send_signal(signal.SIGCONT)
+    again = served(worker)  # its next requests start a server for it again
+    assert {answer["server"] for answer in again} != {first[0]["server"]}
+    assert starts(engine_folder(config)) == 2
+    assert worker.wait(timeout=30) == 0
+    wait_until(lambda: state(config) is None)
+
+
+def test_a_stalled_client_takes_its_lease_again_while_others_keep_the_server(
+    tmp_path: Path,
+) -> None:
+    timeout = 1.5
+    config = fake_config(tmp_path, engine_lease_timeout_s=timeout)
+    keeper = client(config, 1, 600.0)
+    served(keeper)
+    pids = running(config)
+    stalled = client(config, 1, 6.0, "again")
+    served(stalled)
+    leases = engine_folder(config) / "leases"
+    mine = lease_name(stalled.pid)
+    stalled.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: not (leases / mine).exists(), timeout=timeout + 10)
+        assert running(config) == pids, "the keeper's lease keeps the server"
+    finally:
+        stalled.send_signal(signal.SIGCONT)
+    # its heartbeat takes it again within a beat or two, before its next requests (at 6 s)
+    wait_until(lambda: (leases / mine).exists(), timeout=1.5)
+    assert {answer["server"] for answer in served(stalled)} == {pids[1]}
+    assert starts(engine_folder(config)) == 1
+    assert stalled.wait(timeout=30) == 0
+    keeper.send_signal(signal.SIGKILL)
+    keeper.wait(timeout=10)
+    wait_until(lambda: stopped(config, pids))
 
 
 def test_a_dead_supervisor_is_replaced_once_for_all_the_processes_that_notice(

@@ -123,7 +123,7 @@ class Decoder:
         return self.text
 
 
-async def verl_reward(row: dict, data: AgentData, response: str) -> float:
+async def verl_reward(row: dict, data: AgentData, response: str, rounds: int) -> float:
     """The rollout's reward as verl 0.9.1's reward loop computes it: `NaiveRewardManager`
     hands `compute_score` the row's extra_info updated with the loop's extra fields."""
     fields = {**data.extra_fields, "turn_scores": data.turn_scores,
@@ -136,6 +136,8 @@ async def verl_reward(row: dict, data: AgentData, response: str) -> float:
             "reward_model": np.array([row["reward_model"]], dtype=object),
             "extra_info": np.array([dict(row["extra_info"])], dtype=object),
             "tool_extra_fields": np.array([fields], dtype=object),
+            # ToolAgentLoop's num_turns: user turns (one per tool round) + assistant turns + 1
+            "__num_turns__": np.array([rounds + (rounds + 1) + 1]),
         },
     )
     manager = NaiveRewardManager(SimpleNamespace(), Decoder(response), compute_score)
@@ -155,7 +157,7 @@ async def tool_only_rollout(loop: Any, row: dict, calls: list, reply: str = REPL
         answer = await call(loop, data, name, arguments)
         response.append(f"user\n<tool_response>\n{answer}\n</tool_response>\nassistant\n")
     response.append(reply)
-    return await verl_reward(row, data, "".join(response))
+    return await verl_reward(row, data, "".join(response), len(calls))
 
 
 def test_export_binds_every_tool_to_the_rows_task_through_create_kwargs(
@@ -320,6 +322,10 @@ def test_without_a_binding_tools_answer_an_error_and_cut_rollouts_score_zero(
     assert compute_score("agentmill", "", "", {"turn_scores": []}) == {
         "score": 0.0, "finished": False
     }
+    # Calls were made (four turns) but their record did not arrive: not scored as no calls.
+    bound = {**rows[first_task()]["extra_info"], "turn_scores": [], "num_turns": 4}
+    assert compute_score("agentmill", REPLY, "", bound) == {"score": 0.0, "finished": False}
+    assert compute_score("agentmill", REPLY, "", {**bound, "num_turns": 2})["finished"] is True
 
 
 def test_the_agents_words_leave_out_tool_calls_and_answers() -> None:

@@ -18,12 +18,12 @@ Backend = Literal["vllm", "vllm-server", "openai", "scripted"]
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 NOT_ENGINE_FIELDS = frozenset({
     "api_key", "preset", "weights_gib", "tokens_per_second", "engine_dir", "engine_linger_s",
-    "engine_start_s",
+    "engine_start_s", "engine_lease_timeout_s",
 })
 """Fields that do not change the engine: a preset is only a way to write the others."""
 HOW_NOT_WHAT_FIELDS = (
     "api_key", "server_wait_s", "engine_restarts", "engine_dir", "engine_linger_s",
-    "engine_start_s",
+    "engine_start_s", "engine_lease_timeout_s",
 )
 """Fields a run's fingerprint leaves out: how a model is reached, not what it generates."""
 
@@ -91,6 +91,13 @@ class ModelConfig(BaseModel):
     engine_start_s: float = Field(
         default=1800.0, gt=0.0,
         description="vllm-server: how long clients wait for a starting server to answer.",
+    )
+    engine_lease_timeout_s: float = Field(
+        default=10.0, gt=0.0,
+        description="vllm-server: a client process whose lease (refreshed 5 times per timeout "
+        "by a thread) is older than this has lost it, as has a supervisor whose heartbeat is: "
+        "how clients in other pid namespaces (containers) are found gone. A client SIGKILLed "
+        "in the supervisor's own pid namespace is dropped at once.",
     )
     server_command: list[str] | None = Field(
         default=None,

@@ -7,26 +7,32 @@ model handler answers this with one `vllm serve` per machine and every process a
 server outlives the pipeline. Here the same shape is kept, with a lifetime:
 
 - an engine's state folder (`<engine_dir>/<digest of the engine settings>/`) holds `lock` (an
-  flock), `state.json` (supervisor pid, port, status), `leases/` (one file per client process,
-  named by its pid and start time, so a reused pid is not mistaken for a client), `spec.json`
-  (the server command), `starts.log` (one line per server start) and the logs;
+  flock), `state.json` (supervisor pid, its pid namespace, port, status), `beat` (the
+  supervisor's heartbeat), `leases/` (one file per client process, named by its pid namespace,
+  pid and start time), `spec.json` (the server command), `starts.log` (one line per server
+  start) and the logs;
 - a client (`EngineLease.acquire`) takes the lock, writes its lease and joins the live supervisor,
   or, if there is none (first client, or stale state of a dead one), starts one; then it waits
-  for `ready`;
+  for `ready`. A thread of the client refreshes its lease's mtime every `lease_timeout_s / 5`
+  (a thread, so a busy event loop never delays it);
 - the supervisor (`python -m simulators.llm.engine_server FOLDER`, its own session so a Ctrl-C or
-  a killed worker does not take it down) starts the server, polls its `/health`, drops the leases
-  of processes that are gone (exited, crashed or SIGKILLed: no cooperation needed) and, once no
-  lease is left for `linger_s`, stops the server's whole process group and removes the state.
-  The server gets SIGTERM if the supervisor itself dies (PR_SET_PDEATHSIG), so nothing outlives
-  both;
+  a killed worker does not take it down) starts the server, polls its `/health`, and drops a
+  lease not refreshed for `lease_timeout_s` (a client SIGKILLed or stopped in any pid namespace)
+  and, at once, a lease written from its own pid namespace whose process is gone (exited, crashed
+  or SIGKILLed: no cooperation needed); once no lease is left for `linger_s`, it stops the
+  server's whole process group and removes the state. The server gets SIGTERM if the supervisor
+  itself dies (PR_SET_PDEATHSIG), so nothing outlives both;
 - a server that dies after it was ready is restarted by the supervisor alone (the one process
   that notices for everyone), on the same port, with backoff, at most `restarts` times; meanwhile
   clients' requests wait as for any server that refuses connections.
 
-Standard library only: the supervisor imports nothing else, so it starts in a fraction of a second
-and holds no model code. Leases are pids, so all clients must share one pid namespace and one
-folder (one machine or container); a client from another pid namespace is refused with that
-reason rather than mistaking a live server for a dead one.
+Clients may live in other pid namespaces (e.g. one container per SDK process) as long as they see
+the same folder (the same kernel's clock for mtimes) and the server's 127.0.0.1: pids are only
+trusted within the namespace that wrote them; across namespaces a lease lives by its heartbeat
+and the supervisor by `beat` (stale after `lease_timeout_s`), so a dead supervisor is replaced
+by a client of any namespace and a live one is never mistaken for dead. Standard library only:
+the supervisor imports nothing else, so it starts in a fraction of a second and holds no model
+code.
 """
 
 from __future__ import annotations
@@ -54,6 +60,10 @@ STOP_WAIT_S = 30.0
 PORT_WAIT_S = 60.0
 """How long a new supervisor waits for the previous server's port to be freed (stale state)."""
 TAIL_CHARS = 2000
+LEASE_TIMEOUT_S = 10.0
+"""Default: a lease (or the supervisor's beat) not refreshed for this long is dead."""
+BEATS_PER_TIMEOUT = 5
+"""Heartbeats per timeout: four may be missed (a stalled disk, a long GIL hold) without harm."""
 ENGINE_DIR_ENV = "AGENTMILL_ENGINE_DIR"
 
 
@@ -98,8 +108,37 @@ def pid_namespace() -> str:
         return ""
 
 
+def namespace_id() -> str:
+    """This pid namespace's inode as digits, for lease names ('0' where there is no procfs)."""
+    return "".join(char for char in pid_namespace() if char.isdigit()) or "0"
+
+
+def lease_name(pid: int) -> str:
+    """`<pid namespace>-<pid>-<start time>`: a reused pid or another namespace's equal pid is
+    never taken for this process."""
+    return f"{namespace_id()}-{pid}-{process_id(pid)}"
+
+
 def alive(pid: int, ident: str | None) -> bool:
     return pid > 0 and ident is not None and process_id(pid) == ident
+
+
+def age(path: Path) -> float:
+    """Seconds since `path` was last written or touched; infinite when it does not exist."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")
+
+
+def supervisor_alive(folder: Path, state: dict[str, Any] | None, timeout: float) -> bool:
+    """Whether the supervisor named by `state` runs: by its pid from its own pid namespace (exact
+    and immediate), else by its heartbeat file (another container's pids mean nothing here)."""
+    if not state:
+        return False
+    if state.get("pidns") == pid_namespace():
+        return alive(state["supervisor"], state.get("supervisor_id"))
+    return age(folder / "beat") < timeout
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -127,16 +166,23 @@ def locked(folder: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def live_leases(folder: Path) -> list[str]:
-    """Lease names of live client processes; leases of dead ones are deleted. Call locked."""
+def live_leases(folder: Path, timeout: float) -> list[str]:
+    """Lease names of live client processes; the others are deleted. Call locked.
+
+    A lease is dead when not refreshed for `timeout` (any namespace: SIGKILL, SIGSTOP, a lost
+    container), or at once when it was written from this pid namespace and its process is gone.
+    """
     found = []
     leases = folder / "leases"
+    mine = namespace_id()
     for lease in leases.iterdir() if leases.is_dir() else []:
-        pid, _, ident = lease.name.partition("-")
-        if pid.isdigit() and alive(int(pid), ident):
-            found.append(lease.name)
-        else:
+        namespace, _, rest = lease.name.partition("-")
+        pid, _, ident = rest.partition("-")
+        gone = namespace == mine and not (pid.isdigit() and alive(int(pid), ident))
+        if gone or age(lease) > timeout:
             lease.unlink(missing_ok=True)
+        else:
+            found.append(lease.name)
     return found
 
 
@@ -178,7 +224,8 @@ class EngineLease:
     """This process's claim on the shared server of one engine folder.
 
     `spec` is what a supervisor needs to start the server: `command` (its `{port}` replaced),
-    `env`, `restarts`, `linger_s`, `start_s`. `acquire` returns the server's base URL.
+    `env`, `restarts`, `linger_s`, `start_s`, `lease_timeout_s`. `acquire` returns the server's
+    base URL and keeps the lease alive from a thread until `release`.
     """
 
     def __init__(self, folder: Path, spec: dict[str, Any], name: str) -> None:
@@ -189,11 +236,22 @@ class EngineLease:
         self.started_here = False
         self._lock = threading.Lock()
         self._supervisors: list[subprocess.Popen[bytes]] = []
+        self._names: dict[int, str] = {}
+        self._beating: threading.Event | None = None
 
     @property
     def lease(self) -> Path:
-        pid = os.getpid()
-        return self.folder / "leases" / f"{pid}-{process_id(pid)}"
+        pid = os.getpid()  # a forked child is another client
+        if pid not in self._names:
+            self._names[pid] = lease_name(pid)
+        return self.folder / "leases" / self._names[pid]
+
+    @property
+    def timeout(self) -> float:
+        """The lease timeout: the supervisor's (from spec.json) if shorter than this client's."""
+        theirs = (read_json(self.folder / "spec.json") or {}).get("lease_timeout_s")
+        mine = float(self.spec.get("lease_timeout_s", LEASE_TIMEOUT_S))
+        return min(mine, float(theirs)) if theirs else mine
 
     def acquire(self) -> str:
         """Join the machine's server for this engine, starting it if none runs; wait until it
@@ -203,14 +261,46 @@ class EngineLease:
                 return self.url
             deadline = time.monotonic() + float(self.spec["start_s"])
             self.started_here = self._join_or_start(deadline)
+            self._beat()
             self.url = self._wait_ready(deadline)
             return self.url
+
+    def _beat(self) -> None:
+        """Start the heartbeat thread (once per process and acquire/release cycle)."""
+        if self._beating is not None and not self._beating.is_set():
+            return
+        stop = self._beating = threading.Event()
+        every = self.timeout / BEATS_PER_TIMEOUT
+        lease = self.lease
+
+        def run() -> None:
+            while not stop.wait(every):
+                try:
+                    os.utime(lease)
+                except FileNotFoundError:
+                    self._rejoin(lease)
+                except OSError:
+                    pass  # a transient error: the next beat tries again
+
+        threading.Thread(target=run, name="engine-lease", daemon=True).start()
+
+    def _rejoin(self, lease: Path) -> None:
+        """The supervisor dropped this lease (this process was stopped, or a clock jumped): take
+        it again while the server runs, else let the next request start or join anew."""
+        with locked(self.folder):
+            state = read_json(self.folder / "state.json")
+            if supervisor_alive(self.folder, state, self.timeout) and (
+                state or {}).get("status") != "stopping":
+                lease.touch()
+                return
+        with self._lock:
+            self.url = None
 
     def check(self) -> None:
         """Called while the server refuses connections: raise if it failed for good; start a
         new supervisor (once, under the lock) if the old one is gone; else let requests wait."""
         state = read_json(self.folder / "state.json")
-        if state and alive(state["supervisor"], state.get("supervisor_id")):
+        if state and supervisor_alive(self.folder, state, self.timeout):
             if state["status"] == "failed":
                 raise EngineServerError(self._failure(state))
             return
@@ -226,6 +316,8 @@ class EngineLease:
         """Drop this process's lease; the supervisor stops the server when none is left."""
         with self._lock:
             self.url = None
+            if self._beating is not None:
+                self._beating.set()
             self.lease.unlink(missing_ok=True)
 
     def _join_or_start(self, deadline: float) -> bool:
@@ -233,16 +325,7 @@ class EngineLease:
         while True:
             with locked(self.folder):
                 state = read_json(self.folder / "state.json")
-                theirs, mine = (state or {}).get("pidns"), pid_namespace()
-                if theirs and theirs != mine:
-                    # Its pids mean nothing here: a live server would look dead and be replaced.
-                    raise EngineServerError(
-                        f"{self.name}: {self.folder} belongs to a server started in another pid "
-                        f"namespace ({theirs}; this process: {mine}), e.g. another container: "
-                        "give each container its own engine_dir, or run the worker processes "
-                        "in one container (delete the folder if that server is gone)"
-                    )
-                live = bool(state) and alive(state["supervisor"], state.get("supervisor_id"))
+                live = supervisor_alive(self.folder, state, self.timeout)
                 if not (live and state["status"] == "stopping"):  # type: ignore[index]
                     self.lease.touch()
                     if live:
@@ -259,6 +342,7 @@ class EngineLease:
         port = int(stale["port"]) if stale else free_port()
         command = [part.replace("{port}", str(port)) for part in self.spec["command"]]
         write_json(self.folder / "spec.json", {**self.spec, "command": command, "port": port})
+        (self.folder / "beat").touch()  # alive to other namespaces until its own beats start
         with open(self.folder / "supervisor.log", "ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "simulators.llm.engine_server", str(self.folder)],
@@ -275,7 +359,7 @@ class EngineLease:
             "url": f"http://127.0.0.1:{port}/v1",
             "status": "starting",
             "error": None,
-            "pidns": pid_namespace(),
+            "pidns": pid_namespace(),  # whose pids these are; also for diagnostics
         })
 
     def _wait_ready(self, deadline: float) -> str:
@@ -283,7 +367,7 @@ class EngineLease:
             state = read_json(self.folder / "state.json")
             if state and state["status"] == "failed":
                 raise EngineServerError(self._failure(state))
-            if not state or not alive(state["supervisor"], state.get("supervisor_id")):
+            if not supervisor_alive(self.folder, state, self.timeout):
                 raise EngineServerError(
                     f"{self.name}: the shared server's supervisor ended before the server was "
                     f"ready; {self.folder / 'supervisor.log'}: "
@@ -402,17 +486,27 @@ class Supervisor:
             elif time.monotonic() - self.started > float(self.spec.get("start_s", 600)):
                 self.fail(f"the server was not ready after {self.spec.get('start_s')} s")
 
+    def beat(self, every: float) -> None:
+        """Tell clients of other pid namespaces this supervisor lives (a thread: a server start
+        or stop that blocks the main loop for seconds must not look like death)."""
+        while True:
+            with contextlib.suppress(OSError):
+                (self.folder / "beat").touch()
+            time.sleep(every)
+
     def run(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda *_: setattr(self, "stop", True))
         idle_since: float | None = None
         linger = float(self.spec.get("linger_s", 0.0))
+        timeout = float(self.spec.get("lease_timeout_s", LEASE_TIMEOUT_S))
+        threading.Thread(target=self.beat, args=(timeout / BEATS_PER_TIMEOUT,), daemon=True).start()
         try:
             self.start_server()
             while not self.stop:
                 time.sleep(POLL_S)
                 with locked(self.folder):
-                    if live_leases(self.folder):
+                    if live_leases(self.folder, timeout):
                         idle_since = None
                     else:
                         idle_since = idle_since or time.monotonic()

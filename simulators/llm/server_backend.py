@@ -137,6 +137,7 @@ class SharedVLLMChatModel(OpenAIChatModel):
                 "restarts": self.config.engine_restarts,
                 "linger_s": self.config.engine_linger_s,
                 "start_s": self.config.engine_start_s,
+                "lease_timeout_s": self.config.engine_lease_timeout_s,
             }
             self._lease = EngineLease(self.folder, spec, self.name)
         return self._lease
@@ -160,11 +161,21 @@ class SharedVLLMChatModel(OpenAIChatModel):
             url = await asyncio.to_thread(self.lease().acquire)
         except EngineServerError as exc:
             raise ModelError(str(exc)) from exc
-        self._url = url.rstrip("/") + "/chat/completions"
-        self.config = self.config.model_copy(update={"base_url": url})  # for messages
+        self._retarget(url)
         seconds = time.monotonic() - started
         engine_log.info("engine for %s ready in %.0f s", self.name, seconds,
                         extra={**event, "engine_event": "ready", "seconds": seconds})
+
+    def _retarget(self, url: str) -> None:
+        """Send to `url`; a server started anew after the last one stopped (this process was
+        stalled past its lease) may listen on another port, and the HTTP client is bound to one."""
+        target = url.rstrip("/") + "/chat/completions"
+        self.config = self.config.model_copy(update={"base_url": url})  # for messages
+        if target != self._url:
+            self._url = target
+            if self._semaphore is not None:
+                self._semaphore = None  # in-flight requests keep the old bound, then drain
+                self._ensure_pools()
 
     async def _refused(self) -> None:
         """The server refuses connections: stop at once if it failed for good; restart its
@@ -177,6 +188,8 @@ class SharedVLLMChatModel(OpenAIChatModel):
             await asyncio.to_thread(self._lease.check)
         except EngineServerError as exc:
             raise ModelUnavailable(f"{exc}; run the same command again to resume") from exc
+        if self._lease.url is not None:
+            self._retarget(self._lease.url)
 
     async def close(self) -> None:
         """Close the connections and drop this process's lease (the server stops with the last)."""
