@@ -189,6 +189,15 @@ def report_whole(run: dict[str, Any], stats: dict[str, Any]) -> None:
     )
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a live process has spent so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cores(args: argparse.Namespace, work: Path) -> None:
     """One process against two worker processes on a CPU-bound workload, side by side."""
     from benchmarks.sim_server import Capacity, start_server
@@ -204,17 +213,19 @@ def cores(args: argparse.Namespace, work: Path) -> None:
         for label, beam_args in (("one process", None), ("two workers", MULTI)):
             out = work / f"cores-{len(rows)}"
             server.reset()
+            before = cpu_seconds(server.process.pid)
             run = run_cli(args.cpu_episodes, server.base_url, out, beam_args)
             stats = server.stats()
+            stats["server_cpu_s"] = cpu_seconds(server.process.pid) - before
             ids = ids_of(out, "trajectories")
             rows.append((label, run, stats, ids))
     print(f"{'':<12} {'requests':>8} {'span s':>7} {'req/s':>7} {'CPU s':>6} {'wall s':>6} "
-          f"{'trajectories':>12} {'duplicate ids':>13}")
+          f"{'server CPU s':>12} {'trajectories':>12} {'duplicate ids':>13}")
     for label, run, stats, ids in rows:
         print(
             f"{label:<12} {stats['answered']:>8} {stats['span_s']:>7.1f} "
             f"{stats['achieved_rps']:>7.1f} {run['cpu_s']:>6.1f} {run['wall_s']:>6.1f} "
-            f"{len(ids):>12} {len(ids) - len(set(ids)):>13}"
+            f"{stats['server_cpu_s']:>12.1f} {len(ids):>12} {len(ids) - len(set(ids)):>13}"
         )
     one, two = rows[0], rows[1]
     speedup = two[2]["achieved_rps"] / max(one[2]["achieved_rps"], 1e-9)
@@ -227,7 +238,9 @@ def cores(args: argparse.Namespace, work: Path) -> None:
         f"two workers: {speedup:.2f}x the requests/s of one process (target >= 1.7: "
         f"{'met' if speedup >= 1.7 else 'MISSED'}); same data set size: {same}; wall time "
         f"{two[1]['wall_s']:.0f} s against {one[1]['wall_s']:.0f} s (start-up and the stages "
-        "without model work are outside the span)"
+        "without model work are outside the span); the simulated server shares the cores "
+        f"({two[2]['server_cpu_s'] / max(two[2]['span_s'], 1e-9):.2f} of a core over the two "
+        "workers' span)"
     )
 
 
