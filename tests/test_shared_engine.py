@@ -216,6 +216,8 @@ def test_a_dead_server_is_restarted_by_the_supervisor_and_requests_wait(tmp_path
     os.kill(server, signal.SIGKILL)
     answer = ask(model, "after")  # refused while the supervisor restarts it, then served
     assert answer["server"] != server
+    # the request may reach the new server before the supervisor's next /health poll marks it
+    wait_until(lambda: (state(config) or {}).get("status") == "ready")
     assert running(config) == [supervisor, answer["server"]]
     assert starts(engine_folder(config)) == 2
     assert model.retries >= 1
