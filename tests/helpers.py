@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from schemas.records import AgentSpec, Rubric, Task, ToolSpec
+from schemas.records import AgentSpec, Rubric, Task, ToolSpec, Trajectory
+from simulators.episode import EpisodeConfig, RoleClients, run_episode
 from simulators.llm.scripted import ScriptedModel, ScriptRequest, schema_instance
+from simulators.persona import make_persona
+from toolspecs.domain import load_domain
 
 SEARCH = ToolSpec(
     name="search_flights",
@@ -178,3 +183,28 @@ def agent_calls(*calls: tuple[str, dict[str, Any]]) -> str:
 
 def agent_reply(text: str, final: bool = False) -> str:
     return json.dumps({"content": text, "final": final})
+
+
+def play_domain_task(
+    folder: Path, agent_turns: list[str], *, asks: str, thanks: str, task_index: int = 0,
+    tool: Responder | None = None, persona: str = "p", config: EpisodeConfig | None = None,
+    seed: int = 1,
+) -> tuple[Trajectory, Task]:
+    """One episode of a domain's task with the agent's turns given in order and a user who asks
+    once and thanks when asked whether it is done: the reward tests' shared setting."""
+    domain = load_domain(folder)
+    task = domain.tasks[task_index]
+    queue = list(agent_turns)
+    handlers: dict[str, Responder] = {
+        "agent": lambda r: queue.pop(0),
+        "user": lambda r: {"message": thanks, "done": True}
+        if "done" in r.schema["properties"] else {"message": asks},
+    }
+    if tool is not None:
+        handlers["tool"] = tool
+    model = role_model(handlers)
+    trajectory = asyncio.run(run_episode(
+        task, domain.agent, make_persona(persona), RoleClients(user=model, agent=model, tool=model),
+        config or EpisodeConfig(failure_rate=0.0), seed,
+    ))
+    return trajectory, task

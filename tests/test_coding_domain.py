@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 
 from filters.reward import score_trajectory
-from simulators.episode import EpisodeConfig, RoleClients, run_episode
-from simulators.persona import make_persona
+from simulators.episode import EpisodeConfig
 from simulators.workspace import Workspace
 from simulators.workspace_tools import run_hidden_tests
-from tests.helpers import agent_calls, agent_reply, role_model
+from tests.helpers import agent_calls, agent_reply, play_domain_task, role_model
 from toolspecs.domain import load_domain
 
 CODING = Path(__file__).resolve().parents[1] / "data" / "domains" / "coding"
@@ -65,21 +64,11 @@ def test_hidden_tests_fail_on_the_initial_files_and_pass_on_the_solution() -> No
 
 
 def play(task_index: int, agent_turns: list[str]):
-    domain = load_domain(CODING)
-    task = domain.tasks[task_index]
-    queue = list(agent_turns)
-
-    def user(request):
-        if "done" in request.schema["properties"]:
-            return {"message": "Thanks!", "done": True}
-        return {"message": "Please fix the failing ticket in my project."}
-
-    model = role_model({"agent": lambda r: queue.pop(0), "user": user})
-    trajectory = asyncio.run(run_episode(
-        task, domain.agent, make_persona("dev"), RoleClients(user=model, agent=model, tool=model),
-        EpisodeConfig(failure_rate=0.0, max_tool_rounds=4), 7,
-    ))
-    return trajectory, task
+    return play_domain_task(
+        CODING, agent_turns, task_index=task_index, persona="dev", seed=7,
+        asks="Please fix the failing ticket in my project.", thanks="Thanks!",
+        config=EpisodeConfig(failure_rate=0.0, max_tool_rounds=4),
+    )
 
 
 def test_an_agent_that_fixes_the_code_earns_the_hidden_test_reward() -> None:

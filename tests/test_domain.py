@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 from pathlib import Path
@@ -15,10 +14,8 @@ from filters.reward import score_trajectory
 from pipelines.cli import app
 from pipelines.parquet_io import read_rows
 from pipelines.run import run
-from simulators.episode import EpisodeConfig, RoleClients, run_episode
-from simulators.persona import make_persona
 from simulators.world import record_schemas
-from tests.helpers import agent_calls, agent_reply, role_model
+from tests.helpers import agent_calls, agent_reply, play_domain_task
 from tests.test_pipeline import scripted_config
 from toolspecs.domain import DomainError, load_domain
 
@@ -64,9 +61,6 @@ def test_bad_tasks_become_failures_that_name_file_task_and_field(tmp_path: Path)
 
 
 def retail_episode(agent_turns: list[str], task_index: int = 0):
-    domain = load_domain(RETAIL)
-    task = domain.tasks[task_index]
-
     def tool(request):
         if "cancel_pending_order(" in request.last:
             # A careless simulator: it always answers about the user's first order.
@@ -77,18 +71,10 @@ def retail_episode(agent_turns: list[str], task_index: int = 0):
         return {"result": {"order_id": "ORD-5001", "user_id": "USR-1001", "product_id": "PRD-301",
                            "status": "pending", "total_usd": 1.0, "address": "x"}}
 
-    queue = list(agent_turns)
-    model = role_model({
-        "agent": lambda r: queue.pop(0),
-        "tool": tool,
-        "user": lambda r: {"message": "yes please", "done": True}
-        if "done" in r.schema["properties"] else {"message": "Cancel my shoe order."},
-    })
-    models = RoleClients(user=model, agent=model, tool=model)
-    trajectory = asyncio.run(run_episode(
-        task, domain.agent, make_persona("p"), models, EpisodeConfig(failure_rate=0.0), 1
-    ))
-    return trajectory, task
+    return play_domain_task(
+        RETAIL, agent_turns, task_index=task_index, tool=tool,
+        asks="Cancel my shoe order.", thanks="yes please",
+    )
 
 
 def test_a_correct_agent_earns_reward_and_a_wrong_one_does_not() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from filters.reward import score_trajectory
 from simulators.episode import EpisodeConfig, RoleClients, run_episode
 from simulators.persona import make_persona
-from tests.helpers import agent_calls, agent_reply, role_model
+from tests.helpers import agent_calls, agent_reply, play_domain_task, role_model
 from toolspecs.domain import load_domain
 
 OFFICE = Path(__file__).resolve().parents[1] / "data" / "domains" / "office"
@@ -23,21 +23,11 @@ SLIDES = """# Q3 sales
 
 
 def play(agent_turns: list[str]):
-    domain = load_domain(OFFICE)
-    task = domain.tasks[0]
-    queue = list(agent_turns)
-
-    def user(request):
-        if "done" in request.schema["properties"]:
-            return {"message": "Great, thanks.", "done": True}
-        return {"message": "Please make the Q3 slides and send them to Dana."}
-
-    model = role_model({"agent": lambda r: queue.pop(0), "user": user})
-    trajectory = asyncio.run(run_episode(
-        task, domain.agent, make_persona("office"),
-        RoleClients(user=model, agent=model, tool=model),
-        EpisodeConfig(failure_rate=0.0, max_tool_rounds=5), 3,
-    ))
+    trajectory, task = play_domain_task(
+        OFFICE, agent_turns, persona="office", seed=3,
+        asks="Please make the Q3 slides and send them to Dana.", thanks="Great, thanks.",
+        config=EpisodeConfig(failure_rate=0.0, max_tool_rounds=5),
+    )
     answers = [json.loads(m.content or "{}") for m in trajectory.messages if m.role == "tool"]
     return trajectory, task, answers
 
